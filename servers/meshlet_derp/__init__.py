@@ -1,0 +1,1 @@
+"""meshlet_derp: the DERP relay and STUN responder (issue 4)."""
