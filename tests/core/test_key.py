@@ -17,7 +17,7 @@ from meshlet_testing.vectors import unhex
 ALICE_PRIV = unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
 ALICE_PUB = unhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
 BOB_PUB = unhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
-SHARED = unhex("4a5d9d5b4a00cf82be8ac6b3fc1a5a66a5b1a8fc1e6e27d81d3cd0f4b2b1f2c6")
+SHARED = unhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
 
 
 def _raises(cls, reason, fn, *args):
@@ -102,7 +102,7 @@ def test_generated_keys_are_clamped_and_deterministic_under_fake_random():
 def test_short_forms_for_logs():
     assert NodePublic(ALICE_PUB).short() == "[hSDwC]"
     assert DiscoPublic(ALICE_PUB).short() == "d:8520f0098930a754"
-    assert NodePublic(ALICE_PUB).wireguard_short() == "peer(hSDw\u2026m5Ta)"
+    assert NodePublic(ALICE_PUB).wireguard_short() == "peer(hSDw\u2026bTmo)"
 
 
 def test_wireguard_base64_forms():

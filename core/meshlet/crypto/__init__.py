@@ -17,6 +17,9 @@ Backends, picked at import time, in order:
 Contract every backend keeps (tests/props/test_crypto_backends.py checks the
 backends against each other):
 
+* `aead_cipher(key)` binds a ChaCha20-Poly1305 key once and returns an object
+  with `seal(nonce, plaintext, ad)` and `open(nonce, ciphertext, ad)`: the
+  per-packet form, since WireGuard uses one key for many packets.
 * `x25519(private, public)` clamps the scalar (RFC 7748 §5) and raises
   `CryptoError("low_order_point")` when the shared secret is all zeros.
 * `*_open` functions raise `CryptoError("bad_tag")` on any forgery, and
@@ -31,6 +34,7 @@ in the byte order the protocol chooses), XAEAD and box nonces 24, tags 16.
 try:
     from ._cpython import (
         NAME,
+        aead_cipher,
         aead_open,
         aead_seal,
         blake2s,
@@ -46,6 +50,7 @@ try:
 except ImportError:  # MicroPython, or a CPython without the libraries
     from ._pure import (  # type: ignore[assignment]
         NAME,
+        aead_cipher,
         aead_open,
         aead_seal,
         blake2s,
@@ -66,6 +71,7 @@ XNONCE_LEN = 24
 
 __all__ = [
     "NAME",
+    "aead_cipher",
     "aead_open",
     "aead_seal",
     "blake2s",
@@ -119,3 +125,4 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
     for i in range(len(a)):
         acc |= a[i] ^ b[i]
     return acc == 0
+

@@ -12,8 +12,8 @@ Where each primitive comes from:
   and secretbox (XSalsa20-Poly1305): libsodium through `nacl.bindings`.
 * BLAKE2s and HMAC-BLAKE2s: `hashlib.blake2s`. libsodium has BLAKE2b only.
   HMAC is written out (RFC 2104) rather than taken from `hmac.new`, whose
-  generic path costs about twice as much per call; the handshake runs it
-  four to eight times per KDF.
+  generic path costs nearly twice as much per call; each KDF runs it two to
+  four times, and a handshake runs several KDFs.
 
 Layouts (libsodium's):
 
@@ -82,55 +82,57 @@ def x25519_base(private: _In) -> bytes:
     return _nacl.crypto_scalarmult_base(_b(private))
 
 
-def aead_seal(key: _In, nonce: _In, plaintext: _In, ad: _In = b"") -> bytes:
+def aead_seal(key: _In, nonce12: _In, plaintext: _In, ad: _In) -> bytes:
     """ChaCha20-Poly1305 (RFC 8439 §2.8); returns ciphertext || tag."""
-    _check(key, nonce, _AEAD_NONCE_LEN)
-    return _nacl.crypto_aead_chacha20poly1305_ietf_encrypt(_b(plaintext), _b(ad), _b(nonce), _b(key))
+    _check(key, nonce12, _AEAD_NONCE_LEN)
+    return _nacl.crypto_aead_chacha20poly1305_ietf_encrypt(_b(plaintext), _b(ad), _b(nonce12), _b(key))
 
 
-def aead_open(key: _In, nonce: _In, sealed: _In, ad: _In = b"") -> bytes:
+def aead_open(key: _In, nonce12: _In, ciphertext_and_tag: _In, ad: _In) -> bytes:
     """Inverse of `aead_seal`; raises CryptoError("bad_tag") on any forgery.
 
-    A `sealed` shorter than a tag is a forgery too: it came off the network.
+    Input shorter than a tag is a forgery too: it came off the network.
     """
-    _check(key, nonce, _AEAD_NONCE_LEN)
-    if len(sealed) < _TAG_LEN:
+    _check(key, nonce12, _AEAD_NONCE_LEN)
+    if len(ciphertext_and_tag) < _TAG_LEN:
         raise CryptoError("bad_tag", "short")
+    sealed = _b(ciphertext_and_tag)
     try:
-        return _nacl.crypto_aead_chacha20poly1305_ietf_decrypt(_b(sealed), _b(ad), _b(nonce), _b(key))
+        return _nacl.crypto_aead_chacha20poly1305_ietf_decrypt(sealed, _b(ad), _b(nonce12), _b(key))
     except _nacl_exc.CryptoError:
         raise CryptoError("bad_tag")
 
 
-def xaead_seal(key: _In, nonce: _In, plaintext: _In, ad: _In = b"") -> bytes:
+def xaead_seal(key: _In, nonce24: _In, plaintext: _In, ad: _In) -> bytes:
     """XChaCha20-Poly1305 with a 24-byte nonce; returns ciphertext || tag."""
-    _check(key, nonce, _XNONCE_LEN)
-    return _nacl.crypto_aead_xchacha20poly1305_ietf_encrypt(_b(plaintext), _b(ad), _b(nonce), _b(key))
+    _check(key, nonce24, _XNONCE_LEN)
+    return _nacl.crypto_aead_xchacha20poly1305_ietf_encrypt(_b(plaintext), _b(ad), _b(nonce24), _b(key))
 
 
-def xaead_open(key: _In, nonce: _In, sealed: _In, ad: _In = b"") -> bytes:
+def xaead_open(key: _In, nonce24: _In, ciphertext_and_tag: _In, ad: _In) -> bytes:
     """Inverse of `xaead_seal`; raises CryptoError("bad_tag") on any forgery."""
-    _check(key, nonce, _XNONCE_LEN)
-    if len(sealed) < _TAG_LEN:
+    _check(key, nonce24, _XNONCE_LEN)
+    if len(ciphertext_and_tag) < _TAG_LEN:
         raise CryptoError("bad_tag", "short")
+    sealed = _b(ciphertext_and_tag)
     try:
-        return _nacl.crypto_aead_xchacha20poly1305_ietf_decrypt(_b(sealed), _b(ad), _b(nonce), _b(key))
+        return _nacl.crypto_aead_xchacha20poly1305_ietf_decrypt(sealed, _b(ad), _b(nonce24), _b(key))
     except _nacl_exc.CryptoError:
         raise CryptoError("bad_tag")
 
 
-def blake2s(data: _In, outlen: int = 32, key: _In = b"") -> bytes:
-    """BLAKE2s (RFC 7693), optionally keyed, `outlen` 1..32 bytes.
+def blake2s(data: _In, key: _In = b"", digest_size: int = 32) -> bytes:
+    """BLAKE2s (RFC 7693), optionally keyed, with a 1..32 byte digest.
 
     WireGuard uses HASH (32 bytes, no key) and MAC (16 bytes, keyed).
 
     Raises:
-        LocalProtocolError("bad_length"): outlen outside 1..32 or a key
+        LocalProtocolError("bad_length"): digest_size outside 1..32 or a key
             longer than 32 bytes.
     """
-    if not 0 < outlen <= _BLAKE2S_MAX_LEN or len(key) > _BLAKE2S_MAX_LEN:
-        raise LocalProtocolError("bad_length", "outlen %d, key %d" % (outlen, len(key)))
-    return hashlib.blake2s(data, digest_size=outlen, key=key).digest()
+    if not 0 < digest_size <= _BLAKE2S_MAX_LEN or len(key) > _BLAKE2S_MAX_LEN:
+        raise LocalProtocolError("bad_length", "digest_size %d, key %d" % (digest_size, len(key)))
+    return hashlib.blake2s(data, digest_size=digest_size, key=key).digest()
 
 
 def hmac_blake2s(key: _In, data: _In) -> bytes:
@@ -163,18 +165,18 @@ def box_beforenm(their_public: _In, my_private: _In) -> bytes:
         raise CryptoError("low_order_point")
 
 
-def secretbox_seal(key: _In, nonce: _In, plaintext: _In) -> bytes:
+def secretbox_seal(key: _In, nonce24: _In, plaintext: _In) -> bytes:
     """XSalsa20-Poly1305 (`crypto_secretbox_easy`); returns tag || ciphertext."""
-    _check(key, nonce, _XNONCE_LEN)
-    return _nacl.crypto_secretbox_easy(_b(plaintext), _b(nonce), _b(key))
+    _check(key, nonce24, _XNONCE_LEN)
+    return _nacl.crypto_secretbox_easy(_b(plaintext), _b(nonce24), _b(key))
 
 
-def secretbox_open(key: _In, nonce: _In, sealed: _In) -> bytes:
+def secretbox_open(key: _In, nonce24: _In, tag_and_ct: _In) -> bytes:
     """Inverse of `secretbox_seal`; raises CryptoError("bad_tag") on any forgery."""
-    _check(key, nonce, _XNONCE_LEN)
-    if len(sealed) < _TAG_LEN:
+    _check(key, nonce24, _XNONCE_LEN)
+    if len(tag_and_ct) < _TAG_LEN:
         raise CryptoError("bad_tag", "short")
     try:
-        return _nacl.crypto_secretbox_open_easy(_b(sealed), _b(nonce), _b(key))
+        return _nacl.crypto_secretbox_open_easy(_b(tag_and_ct), _b(nonce24), _b(key))
     except _nacl_exc.CryptoError:
         raise CryptoError("bad_tag")

@@ -1,0 +1,327 @@
+"""The WireGuard pump: TUN ↔ `meshlet.wg.device.Device` ↔ UDP, on asyncio.
+
+Theory of operation. The core `Device` does all of WireGuard; this module
+only moves bytes and time in and out of it:
+
+    TUN readable  -> read up to BATCH packets   -> device.send_packet()      -+
+    UDP readable  -> read up to BATCH datagrams -> device.receive_datagram()  +-> flush()
+    timer due     -> device.handle_timer()                                   -+
+
+    flush(): device.transmits()        -> sendto() on the UDP socket
+             device.received_packets() -> write() on the TUN
+             device.next_event()       -> one log line each
+             device.next_deadline()    -> (re-)arm the single timer
+
+Each reader drains its descriptor until EAGAIN or BATCH items, whichever is
+first, so one busy direction cannot starve the other and one flush serves a
+whole batch. Time is read once per batch (`now_ms`, monotonic milliseconds).
+
+There is one timer handle. It is moved earlier when `next_deadline()` moves
+earlier and otherwise left alone: a timer that fires before the real deadline
+costs one `handle_timer` call that does nothing, which is cheaper than
+cancelling and re-creating a handle after every batch.
+
+Counters. The core counts its own drops (`device.stats.dropped[reason]`); the
+pump counts the I/O failures it sees (`Engine.io_errors[...]`). A reason seen
+for the first time is logged at once, with a hint for the common ones (a wrong
+key, a wrong pre-shared key); after that, growth is summarised at most once
+per DROP_SUMMARY_INTERVAL_S. Nothing per-packet reaches the log unbounded.
+"""
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from meshlet.key import NodePublic
+from meshlet.wg.device import Device
+from meshlet.wire import format_addr
+
+from .tun import Tun
+from .udp import Udp
+from .wgconfig import format_prefix
+
+log = logging.getLogger("meshlet_agent.wgengine")
+
+BATCH = 64
+"""Packets or datagrams read per readiness callback before flushing; bounds latency and memory."""
+READ_SIZE = 65535
+"""Bytes asked of each read: the largest IP packet or UDP datagram, so nothing is ever truncated."""
+DROP_SUMMARY_INTERVAL_S = 30.0
+"""At most one summary of growing drop counters per this many seconds."""
+
+_DROP_HINTS = {
+    "unknown_peer": "a handshake came from a key that is not a [Peer] here: check PublicKey on both sides",
+    "bad_mac1": "a handshake was not addressed to this interface's key: the peer has the wrong PublicKey for us",
+    "bad_response": "a handshake response did not verify: check that PresharedKey matches on both sides",
+    "decrypt_failed": "a handshake did not decrypt: check PresharedKey and the keys on both sides",
+    "unknown_receiver": "packets for a session this side does not have (a peer restarted or rekeyed)",
+    "replay": "replayed or badly reordered transport packets",
+    "not_allowed": "the peer sent a packet from an address outside its AllowedIPs",
+    "no_route": "a packet to an address no peer's AllowedIPs covers",
+}
+
+
+def now_ms() -> int:
+    """Monotonic milliseconds, the core's clock (the same clock asyncio's loop.time() reads)."""
+    return time.monotonic_ns() // 1_000_000
+
+
+def unix_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def describe_event(ev: object) -> str:
+    """One log line for a core event: its class name and its fields, keys in short form."""
+    fields = []
+    attrs = getattr(ev, "__slots__", None) or list(getattr(ev, "__dict__", {}))
+    for name in attrs:
+        value = getattr(ev, name, None)
+        if isinstance(value, NodePublic):
+            text = value.wireguard_short()
+        elif isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], bytes):
+            text = format_addr(value[0], value[1])
+        else:
+            text = str(value)
+        fields.append("%s=%s" % (name, text))
+    return "wg: %s %s" % (type(ev).__name__, " ".join(fields))
+
+
+class Engine:
+    """Drives one Device from one TUN and one set of UDP sockets on the running event loop.
+
+    Args:
+        device: the configured core device.
+        public_key: the device's public key, for status.
+        tun: the open TUN interface (its fd must be non-blocking).
+        udp: the bound sockets.
+        batch: items read per readiness callback.
+    """
+
+    def __init__(self, device: Device, public_key: NodePublic, tun: Tun, udp: Udp, batch: int = BATCH) -> None:
+        self.device = device
+        self.public_key = public_key
+        self.tun = tun
+        self.udp = udp
+        self.batch = batch
+        self.io_errors: dict[str, int] = {}
+        self.started_unix_ms = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self._drop_kinds = 0
+        self._drops_logged: dict[str, int] = {}
+        self._summary: asyncio.TimerHandle | None = None
+        self._on_event: list[Callable[[object], None]] = []
+        self._established: set[str] = set()
+
+    # --- life cycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Registers the readers and the timer on the running loop."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.started_unix_ms = unix_ms()
+        loop.add_reader(self.tun.fd, self._on_tun)
+        loop.add_reader(self.udp.v4.fileno(), self._on_udp, self.udp.v4, self.udp.addr_v4)
+        if self.udp.v6 is not None:
+            loop.add_reader(self.udp.v6.fileno(), self._on_udp, self.udp.v6, self.udp.addr_v6)
+        self._summary = loop.call_later(DROP_SUMMARY_INTERVAL_S, self._summarise_drops)
+        self._flush(now_ms())
+
+    def stop(self) -> None:
+        """Unregisters everything; the descriptors stay open (their owners close them)."""
+        loop = self._loop
+        if loop is None:
+            return
+        self._loop = None
+        loop.remove_reader(self.tun.fd)
+        for s in self.udp.sockets():
+            loop.remove_reader(s.fileno())
+        for h in (self._timer, self._summary):
+            if h is not None:
+                h.cancel()
+        self._timer = self._summary = None
+
+    def subscribe(self, callback: Callable[[object], None]) -> None:
+        """Calls `callback(event)` for every core event, after logging it (tests and later the tailnet)."""
+        self._on_event.append(callback)
+
+    # --- the hot path ------------------------------------------------------------
+
+    def _on_tun(self) -> None:
+        now = now_ms()
+        read = os.read
+        fd = self.tun.fd
+        send_packet = self.device.send_packet
+        for _ in range(self.batch):
+            try:
+                packet = read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self._io_error("tun_read", e)
+                break
+            send_packet(packet, now)
+        self._flush(now)
+
+    def _on_udp(self, sock: Any, to_ip: Callable[[str], bytes]) -> None:
+        now = now_ms()
+        recvfrom = sock.recvfrom
+        receive = self.device.receive_datagram
+        for _ in range(self.batch):
+            try:
+                data, sa = recvfrom(READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                # ICMP errors for earlier sends surface here (ECONNREFUSED etc.); they are not fatal.
+                self._io_error("udp_read", e)
+                break
+            receive(data, (to_ip(sa[0]), sa[1]), now)
+        self._flush(now)
+
+    def _flush(self, now: int) -> None:
+        dev = self.device
+        transmits = dev.transmits()
+        if transmits:
+            sendto = self.udp.sendto
+            for _peer, dst, data in transmits:
+                try:
+                    sendto(data, dst)
+                except OSError as e:
+                    self._io_error("udp_send", e)
+        packets = dev.received_packets()
+        if packets:
+            write = os.write
+            fd = self.tun.fd
+            for packet in packets:
+                try:
+                    write(fd, packet)
+                except OSError as e:
+                    self._io_error("tun_write", e)
+        ev = dev.next_event()
+        while ev is not None:
+            self._log_event(ev)
+            ev = dev.next_event()
+        if len(dev.stats.dropped) != self._drop_kinds:
+            self._log_new_drops()
+        self._arm(now)
+
+    # --- timer -----------------------------------------------------------------------
+
+    def _arm(self, now: int) -> None:
+        deadline = self.device.next_deadline()
+        if deadline is None:
+            return  # an armed timer may fire needlessly once; that is harmless
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        loop = self._loop
+        if loop is None:
+            return
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline / 1000.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        # asyncio may run a handle up to one clock tick early; the loop decided it is due.
+        now = max(now_ms(), self._timer_at)
+        self.device.handle_timer(now)
+        self._flush(now)
+
+    # --- logging and counters -------------------------------------------------------
+
+    def _log_event(self, ev: object) -> None:
+        name = type(ev).__name__
+        peer = getattr(ev, "peer", None)
+        who = peer.wireguard_short() if isinstance(peer, NodePublic) else "?"
+        if name == "HandshakeCompleted":
+            # The first session with a peer (or the first after a failure) is news; rekeys every 2 min are not.
+            if who in self._established:
+                log.debug("wg: %s: new session (rekey)", who)
+            else:
+                self._established.add(who)
+                log.info("wg: %s: handshake completed, session established", who)
+        elif name == "HandshakeFailed":
+            self._established.discard(who)
+            log.warning("wg: %s: handshake did not complete after every retry; packets for it dropped", who)
+        elif name == "PeerEndpointChanged":
+            addr = getattr(ev, "addr", None)
+            text = format_addr(addr[0], addr[1]) if isinstance(addr, tuple) else "?"
+            log.info("wg: %s: endpoint changed to %s", who, text)
+        elif name == "KeysZeroed":
+            self._established.discard(who)
+            log.info("wg: %s: idle for 9 minutes, session keys erased", who)
+        else:
+            log.info("%s", describe_event(ev))
+        for cb in self._on_event:
+            cb(ev)
+
+    def _log_new_drops(self) -> None:
+        dropped = self.device.stats.dropped
+        self._drop_kinds = len(dropped)
+        for reason, count in list(dropped.items()):
+            if reason not in self._drops_logged:
+                self._drops_logged[reason] = count
+                hint = _DROP_HINTS.get(reason, "see `meshlet wg show --json` for counters")
+                log.warning("wg: dropping packets: %s (%s); further drops are summarised", reason, hint)
+
+    def _summarise_drops(self) -> None:
+        grown = []
+        for reason, count in list(self.device.stats.dropped.items()) + list(self.io_errors.items()):
+            before = self._drops_logged.get(reason, 0)
+            if count > before:
+                grown.append("%s +%d" % (reason, count - before))
+                self._drops_logged[reason] = count
+        if grown:
+            log.info("wg: drops in the last %d s: %s", DROP_SUMMARY_INTERVAL_S, ", ".join(grown))
+        if self._loop is not None:
+            self._summary = self._loop.call_later(DROP_SUMMARY_INTERVAL_S, self._summarise_drops)
+
+    def _io_error(self, where: str, e: OSError) -> None:
+        key = "%s_%s" % (where, errno.errorcode.get(e.errno or 0, "error").lower())
+        n = self.io_errors.get(key, 0)
+        self.io_errors[key] = n + 1
+        if n == 0:
+            self._drops_logged.setdefault(key, 0)
+            log.warning("wg: %s failed: %s (logged once; counted as %s)", where.replace("_", " "), e, key)
+
+    # --- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What `meshlet wg show` prints, as JSON-ready data."""
+        dev = self.device
+        peers = []
+        for p in dev.peers():
+            peers.append(
+                {
+                    "public_key": p.public_key.to_base64(),
+                    "preshared_key": bool(p.preshared_key_set),
+                    "endpoint": format_addr(p.endpoint[0], p.endpoint[1]) if p.endpoint else None,
+                    "allowed_ips": [format_prefix(a) for a in p.allowed_ips],
+                    "latest_handshake_unix_ms": p.last_handshake_unix_ms,
+                    "rx_bytes": p.rx_bytes,
+                    "tx_bytes": p.tx_bytes,
+                    "persistent_keepalive_s": p.persistent_keepalive_s,
+                }
+            )
+        stats = dev.stats
+        counters = {
+            k: v for k, v in vars(stats).items() if isinstance(v, int) and not isinstance(v, bool)
+        } if hasattr(stats, "__dict__") else {}
+        return {
+            "interface": self.tun.name,
+            "public_key": self.public_key.to_base64(),
+            "listening_port": self.udp.port,
+            "mtu": self.tun.mtu,
+            "started_unix_ms": self.started_unix_ms,
+            "peers": peers,
+            "dropped": dict(stats.dropped),
+            "counters": counters,
+            "io_errors": dict(self.io_errors),
+            "pid": os.getpid(),
+        }
+

@@ -1,0 +1,10 @@
+"""Tailscale's TS2021 control protocol, client and server side, sans-I/O.
+
+Layered as Tailscale layers it (shared/protocol/control.md §5):
+
+* `base`: controlbase, the Noise IK handshake carried in the HTTP upgrade and
+  the encrypted record stream after it, plus the optional early payload.
+
+Like the package root, this file imports nothing: callers import the
+submodule they need.
+"""

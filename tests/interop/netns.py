@@ -1,0 +1,281 @@
+"""Network-namespace labs for interop tests: two namespaces, a veth, recorded processes.
+
+    namespace <p>a                          namespace <p>b
+    veth <p>va 10.231.0.1/24  <-------->  veth <p>vb 10.231.0.2/24
+    meshlet or wireguard-go on <p>wa       wireguard-go on <p>wb
+
+Everything a lab creates is named from one short prefix, unique per lab
+(`ml` + pid + counter, so parallel runs and leftovers of a killed run do not
+collide), because wireguard-go's control socket /var/run/wireguard/<if>.sock
+and meshlet's /run/meshlet/wg/<if>.sock are machine-wide paths, not
+per-namespace. `Lab.down()` stops every process it started by its recorded
+PID (SIGTERM, then SIGKILL), deletes the namespaces and removes stale
+sockets; it never kills anything by name.
+
+The recipe follows shared/lab/README.md §2, including its pitfalls: run
+`wireguard-go -f` (foreground, so the PID is the daemon's), wait for the UAPI
+socket before `wg set` (else wg falls back to netlink and fails), never pass
+`--help` to wireguard-go.
+
+Run as a script, this file is also the TCP transfer helper the tests start
+inside the namespaces:
+
+    python netns.py recv HOST PORT                 prints {"bytes": N, "sha256": "...", "seconds": S}
+    python netns.py send HOST PORT BYTES [MBPS]    sends a deterministic stream, optionally paced
+"""
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any, Callable
+
+WG_RUN_DIR = "/var/run/wireguard"
+UNDER = "10.231.0"
+OVER = "100.64.0"
+_counter = itertools.count()
+
+
+def requirements_missing() -> str | None:
+    """Why netns interop cannot run here, or None. The reason names the fix."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces and TUN (run the tests as root, e.g. `sudo ./dev test`)"
+    for exe, pkg in (("ip", "iproute2"), ("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools")):
+        if shutil.which(exe) is None:
+            return "`%s` is not installed: apt-get install %s" % (exe, pkg)
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing: modprobe tun (or pass the device into the container)"
+    probe = "mlprobe%d" % os.getpid()
+    res = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if res.returncode != 0:
+        return "cannot create a network namespace (%s): run where netns is allowed" % res.stderr.strip()
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def wait_for(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    """Polls `pred` until it returns something truthy; raises TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out after %.1f s waiting for %s" % (timeout_s, what))
+        time.sleep(interval_s)
+
+
+class Proc:
+    """A process started in a namespace, with its PID and log file recorded."""
+
+    def __init__(self, name: str, popen: "subprocess.Popen[bytes]", log_path: Path) -> None:
+        self.name = name
+        self.popen = popen
+        self.pid = popen.pid
+        self.log_path = log_path
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; returns the exit status (negative: killed by that signal)."""
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+class Lab:
+    """Two namespaces `a` and `b` joined by a veth. Use as a context manager or call up()/down()."""
+
+    def __init__(self, prefix: str | None = None, workdir: str | None = None) -> None:
+        self.p = prefix or "ml%x%x" % (os.getpid() % 0xFFFF, next(_counter))
+        assert len(self.p) <= 11, "interface names are prefix + 2 chars and must stay under 16"
+        self.ns = {"a": self.p + "a", "b": self.p + "b"}
+        self.veth = {"a": self.p + "va", "b": self.p + "vb"}
+        self.under = {"a": UNDER + ".1", "b": UNDER + ".2"}
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="meshlet-lab-"))
+        self.procs: list[Proc] = []
+        self._wg_ifaces: list[str] = []
+        self._is_up = False
+
+    # --- set-up and teardown -----------------------------------------------------------
+
+    def up(self) -> "Lab":
+        self._is_up = True
+        for side in "ab":
+            _run(["ip", "netns", "add", self.ns[side]])
+        _run(["ip", "link", "add", self.veth["a"], "netns", self.ns["a"], "type", "veth",
+              "peer", "name", self.veth["b"], "netns", self.ns["b"]])  # fmt: skip
+        for side in "ab":
+            self.ip(side, "addr", "add", self.under[side] + "/24", "dev", self.veth[side])
+            self.ip(side, "link", "set", "lo", "up")
+            self.ip(side, "link", "set", self.veth[side], "up")
+        return self
+
+    def down(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        for side in "ab":
+            subprocess.run(["ip", "netns", "del", self.ns[side]], capture_output=True)
+        for ifname in self._wg_ifaces:
+            try:
+                os.unlink(os.path.join(WG_RUN_DIR, ifname + ".sock"))
+            except FileNotFoundError:
+                pass
+        self._is_up = False
+
+    def __enter__(self) -> "Lab":
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # --- commands ------------------------------------------------------------------------
+
+    def ip(self, side: str, *args: str) -> str:
+        return _run(["ip", "-n", self.ns[side], *args])
+
+    def run(self, side: str, *args: str, timeout: float = 30, check: bool = True) -> "subprocess.CompletedProcess[str]":
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.ns[side], *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError("%s in %s failed (%d): %s%s" % (" ".join(args), side, res.returncode, res.stdout, res.stderr))
+        return res
+
+    def spawn(self, side: str, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        """Starts `args` inside the namespace; `ip netns exec` execs, so the PID is the program's."""
+        log_path = self.dir / (name + ".log")
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns[side], *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def ping(self, side: str, dst: str, count: int = 3, deadline_s: int = 10) -> "subprocess.CompletedProcess[str]":
+        return self.run(side, "ping", "-c", str(count), "-i", "0.2", "-w", str(deadline_s), dst,
+                        timeout=deadline_s + 5, check=False)  # fmt: skip
+
+    # --- wireguard-go ------------------------------------------------------------------
+
+    def wireguard_go(self, side: str, ifname: str) -> Proc:
+        """Starts `wireguard-go -f IFNAME` and waits for its UAPI socket (lab pitfall)."""
+        self._wg_ifaces.append(ifname)
+        proc = self.spawn(side, "wireguard-go-" + ifname, ["wireguard-go", "-f", ifname], env={"LOG_LEVEL": "error"})
+        sock = os.path.join(WG_RUN_DIR, ifname + ".sock")
+        wait_for(lambda: os.path.exists(sock) or not proc.alive(), 10, "wireguard-go's socket " + sock)
+        if not proc.alive():
+            raise RuntimeError("wireguard-go %s exited: %s" % (ifname, proc.log()))
+        return proc
+
+    def wg(self, side: str, *args: str) -> str:
+        return self.run(side, "wg", *args, timeout=15).stdout
+
+    def key_file(self, name: str, text: str) -> str:
+        path = self.dir / name
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+        return str(path)
+
+
+def _run(cmd: list[str]) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(cmd), res.stderr.strip()))
+    return res.stdout
+
+
+def genkey() -> tuple[str, str]:
+    """A (private, public) pair in base64, from `wg genkey` / `wg pubkey`."""
+    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
+    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True).stdout.strip()
+    return priv, pub
+
+
+# --- the TCP transfer helper (run as a script inside a namespace) -----------------------
+
+
+def stream_block(i: int) -> bytes:
+    """Block i of the deterministic test stream: 64 KiB from SHA-256 in counter mode (cheap, not random)."""
+    seed = hashlib.sha256(i.to_bytes(8, "big")).digest()
+    return (seed * 2048)[:65536]
+
+
+def _send(host: str, port: int, total: int, mbps: float) -> dict[str, Any]:
+    h = hashlib.sha256()
+    start = time.monotonic()
+    sent = 0
+    with socket.create_connection((host, port), timeout=60) as s:
+        for i in itertools.count():
+            if sent >= total:
+                break
+            block = stream_block(i)[: total - sent]
+            s.sendall(block)
+            h.update(block)
+            sent += len(block)
+            if mbps > 0:
+                ahead = sent * 8 / (mbps * 1e6) - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)  # wait for the receiver to close: everything arrived
+    return {"bytes": sent, "sha256": h.hexdigest(), "seconds": round(time.monotonic() - start, 3)}
+
+
+def _recv(host: str, port: int, out: IO[str]) -> dict[str, Any]:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as ls:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((host, port))
+        ls.listen(1)
+        ls.settimeout(60)
+        print("listening", file=out, flush=True)
+        conn, _ = ls.accept()
+    h = hashlib.sha256()
+    n = 0
+    start = time.monotonic()
+    with conn:
+        conn.settimeout(60)
+        while True:
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+    return {"bytes": n, "sha256": h.hexdigest(), "seconds": round(time.monotonic() - start, 3)}
+
+
+if __name__ == "__main__":
+    cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if cmd == "recv":
+        result = _recv(host, port, sys.stdout)
+    else:
+        result = _send(host, port, int(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 0.0)
+    print(json.dumps(result), flush=True)
