@@ -26,6 +26,8 @@ import os
 import socket
 from typing import Any, Callable
 
+from . import knobs
+
 log = logging.getLogger("meshlet_agent.localapi")
 
 MAX_REQUEST_BYTES = 4096
@@ -38,7 +40,7 @@ class LocalApiError(Exception):
 
 
 def run_dir() -> str:
-    return os.path.join(os.environ.get("MESHLET_RUN_DIR", "/run/meshlet"), "wg")
+    return os.path.join(knobs.run_dir(), "wg")
 
 
 def socket_path(ifname: str) -> str:

@@ -39,29 +39,34 @@ from meshlet.key import NodePublic
 from meshlet.wg.device import Device
 from meshlet.wire import format_addr
 
+from . import knobs
 from .tun import Tun
 from .udp import Udp
 from .wgconfig import format_prefix
 
 log = logging.getLogger("meshlet_agent.wgengine")
 
-BATCH = 64
-"""Packets or datagrams read per readiness callback before flushing; bounds latency and memory."""
 READ_SIZE = 65535
 """Bytes asked of each read: the largest IP packet or UDP datagram, so nothing is ever truncated."""
 DROP_SUMMARY_INTERVAL_S = 30.0
-"""At most one summary of growing drop counters per this many seconds."""
+"""At most one summary of growing drop counters per this many seconds; also how often the wall clock is re-read."""
+_TUN_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
+"""TUN errors that mean the interface is gone (`ip link del`): reading again would spin."""
 
 _DROP_HINTS = {
-    "unknown_peer": "a handshake came from a key that is not a [Peer] here: check PublicKey on both sides",
-    "bad_mac1": "a handshake was not addressed to this interface's key: the peer has the wrong PublicKey for us",
-    "bad_response": "a handshake response did not verify: check that PresharedKey matches on both sides",
-    "decrypt_failed": "a handshake did not decrypt: check PresharedKey and the keys on both sides",
-    "unknown_receiver": "packets for a session this side does not have (a peer restarted or rekeyed)",
+    "unknown_peer": "a handshake came from a key that is no [Peer] here: check PublicKey on both sides",
+    "bad_mac1": "a handshake not addressed to this interface's key: the peer has the wrong PublicKey for us",
+    "bad_tag": "a message did not authenticate: check that PresharedKey matches on both sides, and the keys",
+    "unknown_receiver": "packets for a session this side does not have (the peer restarted or rekeyed)",
+    "stale_timestamp": "a replayed handshake initiation, or a peer whose clock went backwards",
     "replay": "replayed or badly reordered transport packets",
-    "not_allowed": "the peer sent a packet from an address outside its AllowedIPs",
-    "no_route": "a packet to an address no peer's AllowedIPs covers",
+    "not_allowed": "the peer sent a packet from an address outside its AllowedIPs here",
+    "no_route": "a packet to an address no peer's AllowedIPs covers (IPv6 multicast after link-up is normal)",
+    "no_endpoint": "a packet for a peer without Endpoint that has not contacted us yet",
+    "handshake_failed": "packets queued for a peer that never answered: check Endpoint and that the peer runs",
 }
+# Reasons that are routine; their first occurrence is logged at INFO, the rest at WARNING.
+_ROUTINE_DROPS = frozenset({"no_route", "unknown_receiver", "no_endpoint", "keys_zeroed"})
 
 
 def now_ms() -> int:
@@ -97,17 +102,28 @@ class Engine:
         public_key: the device's public key, for status.
         tun: the open TUN interface (its fd must be non-blocking).
         udp: the bound sockets.
-        batch: items read per readiness callback.
+        batch: items read per readiness callback (default: MESHLET_WG_BATCH, 64); bounds latency and memory.
+        on_fatal: called once with a message when the engine cannot go on (the TUN vanished); it has
+            already stopped itself.
     """
 
-    def __init__(self, device: Device, public_key: NodePublic, tun: Tun, udp: Udp, batch: int = BATCH) -> None:
+    def __init__(
+        self,
+        device: Device,
+        public_key: NodePublic,
+        tun: Tun,
+        udp: Udp,
+        batch: int | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
         self.device = device
         self.public_key = public_key
         self.tun = tun
         self.udp = udp
-        self.batch = batch
+        self.batch = batch or knobs.wg_batch()
         self.io_errors: dict[str, int] = {}
         self.started_unix_ms = 0
+        self._on_fatal = on_fatal
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
@@ -161,8 +177,8 @@ class Engine:
             except BlockingIOError:
                 break
             except OSError as e:
-                self._io_error("tun_read", e)
-                break
+                self._tun_error("tun_read", e)
+                return
             send_packet(packet, now)
         self._flush(now)
 
@@ -186,12 +202,7 @@ class Engine:
         dev = self.device
         transmits = dev.transmits()
         if transmits:
-            sendto = self.udp.sendto
-            for _peer, dst, data in transmits:
-                try:
-                    sendto(data, dst)
-                except OSError as e:
-                    self._io_error("udp_send", e)
+            self.udp.send_many(transmits, self._udp_send_error)
         packets = dev.received_packets()
         if packets:
             write = os.write
@@ -200,7 +211,8 @@ class Engine:
                 try:
                     write(fd, packet)
                 except OSError as e:
-                    self._io_error("tun_write", e)
+                    if self._tun_error("tun_write", e):
+                        return
         ev = dev.next_event()
         while ev is not None:
             self._log_event(ev)
@@ -266,8 +278,9 @@ class Engine:
         for reason, count in list(dropped.items()):
             if reason not in self._drops_logged:
                 self._drops_logged[reason] = count
-                hint = _DROP_HINTS.get(reason, "see `meshlet wg show --json` for counters")
-                log.warning("wg: dropping packets: %s (%s); further drops are summarised", reason, hint)
+                hint = _DROP_HINTS.get(reason, "see `meshlet wg show --json` for the counters")
+                level = logging.INFO if reason in _ROUTINE_DROPS else logging.WARNING
+                log.log(level, "wg: dropping packets: %s (%s); further drops are summarised", reason, hint)
 
     def _summarise_drops(self) -> None:
         grown = []
@@ -278,8 +291,26 @@ class Engine:
                 self._drops_logged[reason] = count
         if grown:
             log.info("wg: drops in the last %d s: %s", DROP_SUMMARY_INTERVAL_S, ", ".join(grown))
+        # Follow NTP steps and slews: handshake timestamps come from this wall clock.
+        self.device.set_wall_clock(unix_ms(), now_ms())
         if self._loop is not None:
             self._summary = self._loop.call_later(DROP_SUMMARY_INTERVAL_S, self._summarise_drops)
+
+    def _tun_error(self, where: str, e: OSError) -> bool:
+        """Counts a TUN error; returns True (after stopping the engine) if the interface is gone."""
+        self._io_error(where, e)
+        if e.errno not in _TUN_GONE or self._loop is None:
+            return False
+        message = "interface %s vanished (%s: %s); was it deleted? restart `meshlet wg up`" % (
+            self.tun.name, where.replace("_", " "), e.strerror)  # fmt: skip
+        log.error("wg: %s", message)
+        self.stop()
+        if self._on_fatal is not None:
+            self._on_fatal(message)
+        return True
+
+    def _udp_send_error(self, e: OSError) -> None:
+        self._io_error("udp_send", e)
 
     def _io_error(self, where: str, e: OSError) -> None:
         key = "%s_%s" % (where, errno.errorcode.get(e.errno or 0, "error").lower())
@@ -309,9 +340,11 @@ class Engine:
                 }
             )
         stats = dev.stats
-        counters = {
-            k: v for k, v in vars(stats).items() if isinstance(v, int) and not isinstance(v, bool)
-        } if hasattr(stats, "__dict__") else {}
+        counters = {}
+        for name in getattr(type(stats), "__slots__", ()):
+            value = getattr(stats, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                counters[name] = value
         return {
             "interface": self.tun.name,
             "public_key": self.public_key.to_base64(),
@@ -322,6 +355,8 @@ class Engine:
             "dropped": dict(stats.dropped),
             "counters": counters,
             "io_errors": dict(self.io_errors),
+            "udp_gso": self.udp.gso,
+            "udp_gso_sends": self.udp.gso_sends,
             "pid": os.getpid(),
         }
 

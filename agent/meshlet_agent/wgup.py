@@ -104,6 +104,7 @@ async def run(cfg: WgConfig, ifname: str, stop: "asyncio.Event | None" = None) -
 
     Raises:
         WgUpError, UdpError, TunError, LocalApiError: start-up failed (nothing is left behind).
+        WgUpError: the interface vanished while running (exit status 1, so systemd can restart).
     """
     check_ifname(ifname)
     for note in cfg.notes:
@@ -114,6 +115,11 @@ async def run(cfg: WgConfig, ifname: str, stop: "asyncio.Event | None" = None) -
     api: LocalApi | None = None
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    fatal: list[str] = []
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        stop.set()
     try:
         peers = peer_configs(cfg, udp.v6 is not None)
         tun = Tun.open(ifname)
@@ -123,7 +129,7 @@ async def run(cfg: WgConfig, ifname: str, stop: "asyncio.Event | None" = None) -
         device = Device(private, os.urandom, unix_ms(), now_ms(), mtu=cfg.mtu)
         for pc in peers:
             device.set_peer(pc)
-        engine = Engine(device, private.public(), tun, udp)
+        engine = Engine(device, private.public(), tun, udp, on_fatal=on_fatal)
         engine.start()
         api = LocalApi(ifname, engine.status)
         await api.start()
@@ -144,6 +150,8 @@ async def run(cfg: WgConfig, ifname: str, stop: "asyncio.Event | None" = None) -
             tun.close()
             log.info("%s down", ifname)
         udp.close()
+    if fatal:
+        raise WgUpError(fatal[0])
 
 
 def _on_signal(sig: int, stop: asyncio.Event) -> None:

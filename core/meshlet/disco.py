@@ -100,7 +100,9 @@ def looks_like_disco(data: "bytes | bytearray | memoryview") -> bool:
     """Tailscale's `LooksLikeDiscoWrapper`: the magic, and room for key and nonce.
 
     DERP servers use this test to decide whether a dropped packet earns the
-    sender a PeerGone(NotHere) (derp.md §6).
+    sender a PeerGone(NotHere) (derp.md §6). magicsock's own classifier
+    (disco.md §4) asks only for magic + key, 38 bytes; anything shorter than
+    62 fails `parse_header` anyway.
     """
     return len(data) >= HEADER_LEN and bytes(data[:6]) == MAGIC
 
@@ -178,7 +180,9 @@ class Ping:
     Attributes:
         txid: 12 random bytes, echoed in the Pong.
         node_key: the sender's node key (all clients since ~1.16 send it), or
-            None. An all-zero key on the wire reads as None, as in Tailscale.
+            None. A zero key is not sent, and reads back as None, as in
+            Tailscale; so a keyless ping with >= 32 bytes of padding reads
+            back with 32 fewer.
         padding: zero bytes after the key, for path-MTU probing.
     """
 
@@ -379,7 +383,7 @@ class UDPRelayEndpoint:
         if n < _RELAY_ENDPOINT_FIXED_LEN + _EP_LEN:
             raise RemoteProtocolError("short", "relay endpoint of %d bytes" % n)
         if (n - _RELAY_ENDPOINT_FIXED_LEN) % _EP_LEN:
-            raise RemoteProtocolError("bad_length", "endpoint list of %d bytes" % (n - _RELAY_ENDPOINT_FIXED_LEN))
+            raise RemoteProtocolError("bad_length", "relay endpoint of %d bytes" % n)
         server = DiscoPublic(r.take(KEY_LEN))
         clients = (DiscoPublic(r.take(KEY_LEN)), DiscoPublic(r.take(KEY_LEN)))
         lamport_id = r.u64()

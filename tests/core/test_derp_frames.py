@@ -212,6 +212,7 @@ def test_client_info_bad_json_is_rejected():
         b'{"CanAckPings":1}',
         b'{"meshKey":"zz"}',
         b'{"meshKey":"abcd"}',
+        b'{"meshKey":"' + b"ab " * 16 + b"ab" * 8 + b'"}',  # 64 characters, 24 bytes
         b'{"version":99999999999999999999}',
     ):
         _raises("bad_json", frames.parse_client_info, _client_info_payload(text), _SERVER)

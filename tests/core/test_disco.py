@@ -85,7 +85,8 @@ def _check(msg, v):
     assert type(msg).__name__ == kind, (type(msg).__name__, kind)
     if kind == "Ping":
         assert msg.txid == unhex(v["txid"])
-        assert (msg.node_key.raw if msg.node_key else None) == (unhex(v["node_key"]) if v["node_key"] else None)
+        want = unhex(v["node_key"]) if v["node_key"] else None
+        assert (msg.node_key.raw if msg.node_key else None) == want
         assert msg.padding == v["padding"]
     elif kind == "Pong":
         assert (msg.txid, msg.ip, msg.port) == (unhex(v["txid"]), parse_ip(v["ip"]), v["port"])
@@ -268,7 +269,8 @@ def test_geneve_header_vectors():
         h = disco.GeneveHeader(v["protocol"], v["vni"], v["control"])
         assert h.to_bytes() == unhex(v["bytes"]), v["name"]
         back = disco.parse_geneve(unhex(v["bytes"]) + b"TS")
-        assert (back.protocol, back.vni, back.control, back.version) == (v["protocol"], v["vni"], v["control"], 0)
+        assert (back.protocol, back.vni, back.control) == (v["protocol"], v["vni"], v["control"])
+        assert back.version == 0
 
 
 def test_geneve_limits():

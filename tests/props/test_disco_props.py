@@ -107,7 +107,9 @@ def test_trailing_bytes_never_break_fixed_size_messages(m: "disco.Message", junk
 
 
 @given(raw_keys, raw_keys, st.binary(min_size=24, max_size=24), messages)
-def test_seal_open_round_trip_and_match_pynacl(a_raw: bytes, b_raw: bytes, nonce: bytes, m: "disco.Message") -> None:
+def test_seal_open_round_trip_and_match_pynacl(
+    a_raw: bytes, b_raw: bytes, nonce: bytes, m: "disco.Message"
+) -> None:
     a, b = DiscoPrivate(a_raw), DiscoPrivate(b_raw)
     packet = disco.seal(disco.beforenm(a, b.public()), a.public(), nonce, m)
     assert disco.looks_like_disco(packet)
@@ -126,7 +128,10 @@ def test_arbitrary_bytes_parse_or_reject(data: bytes) -> None:
     parses_or_rejects(lambda d: disco.open(bytes(32), d), data)
 
 
-@given(st.integers(min_value=0, max_value=255), st.integers(min_value=0, max_value=255), st.binary(max_size=200))
+octets = st.integers(min_value=0, max_value=255)
+
+
+@given(octets, octets, st.binary(max_size=200))
 def test_every_type_and_version_with_any_body(msg_type: int, version: int, body: bytes) -> None:
     parses_or_rejects(disco.parse, bytes((msg_type, version)) + body)
 

@@ -75,7 +75,8 @@ PEER_PRESENT_NOT_IDEAL = 0x08  # connected to a node that is not Nodes[0] of its
 
 # Implementation limits, each Tailscale's own (derp.md §3, §6).
 CLIENT_MAX_FRAME_LEN = 1 << 20  # the client's Recv refuses anything larger
-SERVER_MAX_FRAME_LEN = MAX_PACKET_SIZE + 2 * KEY_LEN  # the largest steady-state frame a server accepts (ForwardPacket)
+# The largest steady-state frame a server accepts: a ForwardPacket's two keys and 64 KiB.
+SERVER_MAX_FRAME_LEN = MAX_PACKET_SIZE + 2 * KEY_LEN
 MAX_CLIENT_INFO_LEN = 256 << 10  # the server's cap on ClientInfo, against JSON resource exhaustion
 MAX_WRITE_FRAME_LEN = 10 << 20  # Tailscale's WriteFrame refuses "unreasonably large" frames
 _SERVER_KEY_MAX_LEN = const(1024)  # the client reads the greeting with a 1 KiB limit
@@ -150,10 +151,13 @@ class FrameReader:
     payload does. After that error the stream is unusable: every later
     `next_frame()` raises it again and `feed()` discards its input.
 
-    Memory and time: the buffer is a bytearray with a read offset. Consumed
-    bytes are dropped at the next `feed()` by copying the unconsumed rest,
-    which after a full drain is part of a single frame; each byte is thus
-    copied at most once and the buffer never grows beyond
+    Theory of operation: one bytearray whose capacity the reader manages
+    itself, because MicroPython's bytearray grows by exactly what is appended
+    (a byte-at-a-time feed would copy quadratically). Unconsumed bytes sit at
+    `[_start:_end]`. When a chunk does not fit, the unconsumed rest (after a
+    full drain, part of one frame) slides to the front, or moves into a new
+    buffer of twice the size, capped at one whole frame. Every byte is thus
+    copied O(1) times, and the capacity never exceeds
     `FRAME_HEADER_LEN + max_frame_len` plus the chunk being fed.
 
     Args:
@@ -164,12 +168,13 @@ class FrameReader:
             type, this reader refuses it.
     """
 
-    __slots__ = ("max_frame_len", "_buf", "_pos", "_failed")
+    __slots__ = ("max_frame_len", "_buf", "_start", "_end", "_failed")
 
     def __init__(self, max_frame_len: int = CLIENT_MAX_FRAME_LEN) -> None:
         self.max_frame_len = max_frame_len
         self._buf = bytearray()
-        self._pos = 0
+        self._start = 0
+        self._end = 0
         self._failed = ""
 
     def feed(self, data: "bytes | bytearray | memoryview") -> None:
@@ -179,17 +184,27 @@ class FrameReader:
             LocalProtocolError("not_drained"): more than a frame is already
                 buffered; call `next_frame()` until None first.
         """
-        if self._failed:
+        n = len(data)
+        if self._failed or not n:
             return
-        held = len(self._buf) - self._pos
-        if held > FRAME_HEADER_LEN + self.max_frame_len:
+        start = self._start
+        end = self._end
+        held = end - start
+        one_frame = FRAME_HEADER_LEN + self.max_frame_len
+        if held > one_frame:
             raise LocalProtocolError("not_drained", "%d bytes buffered" % held)
-        if self._pos:
-            # MicroPython's bytearray has no slice deletion; a slice copies
-            # only the unconsumed rest.
-            self._buf = self._buf[self._pos :]
-            self._pos = 0
-        self._buf.extend(data)
+        buf = self._buf
+        if end + n > len(buf) or len(buf) > one_frame + n:
+            if held + n <= len(buf) <= one_frame + n:
+                buf[0:held] = buf[start:end]  # slide the partial frame to the front
+            else:
+                new = bytearray(max(held + n, min(2 * len(buf), one_frame)))
+                new[0:held] = buf[start:end]
+                self._buf = buf = new
+            self._start = 0
+            end = held
+        buf[end : end + n] = data
+        self._end = end + n
 
     def next_frame(self) -> "tuple[int, bytes] | None":
         """The next whole frame as (type, payload), or None until more bytes arrive.
@@ -203,30 +218,29 @@ class FrameReader:
         if self._failed:
             raise RemoteProtocolError("frame_too_large", self._failed)
         buf = self._buf
-        pos = self._pos
-        if len(buf) - pos < FRAME_HEADER_LEN:
+        start = self._start
+        if self._end - start < FRAME_HEADER_LEN:
             return None
-        length = int(struct.unpack_from(">I", buf, pos + 1)[0])
+        length = int(struct.unpack_from(">I", buf, start + 1)[0])
         if length > self.max_frame_len:
             self._failed = "frame of %d bytes, limit %d" % (length, self.max_frame_len)
             self._buf = bytearray()
-            self._pos = 0
+            self._start = self._end = 0
             raise RemoteProtocolError("frame_too_large", self._failed)
-        end = pos + FRAME_HEADER_LEN + length
-        if end > len(buf):
+        end = start + FRAME_HEADER_LEN + length
+        if end > self._end:
             return None
-        frame_type = buf[pos]
-        payload = bytes(buf[pos + FRAME_HEADER_LEN : end])
-        if end == len(buf):
-            self._buf = bytearray()  # drained: let the memory go now
-            self._pos = 0
+        frame_type = buf[start]
+        payload = bytes(buf[start + FRAME_HEADER_LEN : end])
+        if end == self._end:
+            self._start = self._end = 0  # drained: the next chunk starts at the front
         else:
-            self._pos = end
+            self._start = end
         return frame_type, payload
 
     def buffered(self) -> int:
         """Bytes received but not yet returned as a frame."""
-        return len(self._buf) - self._pos
+        return self._end - self._start
 
     def feed_eof(self) -> None:
         """Tells the reader the stream ended.
@@ -380,9 +394,10 @@ def _mesh_key(text: str) -> "bytes | None":
     if len(text) != 2 * KEY_LEN:
         return None
     try:
-        return bytes.fromhex(text)
+        raw = bytes.fromhex(text)
     except ValueError:
         return None
+    return raw if len(raw) == KEY_LEN else None  # CPython's fromhex skips spaces; Go's hex does not
 
 
 def _decode_info(fields: "tuple[tuple[str, int, bool], ...]", plaintext: bytes) -> "dict[str, object]":

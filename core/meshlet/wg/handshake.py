@@ -115,7 +115,9 @@ class Handshake:
         "last_sent_ms",
     )
 
-    def __init__(self, local: NodePrivate, remote_static: NodePublic, preshared_key: "bytes | None" = None) -> None:
+    def __init__(
+        self, local: NodePrivate, remote_static: NodePublic, preshared_key: "bytes | None" = None
+    ) -> None:
         self.state = STATE_ZEROED
         self.hash = b""
         self.chain_key = b""

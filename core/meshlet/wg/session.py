@@ -111,10 +111,9 @@ class Keypair:
         Raises:
             CryptoError("bad_tag"): forged, corrupted, or not for this key.
         """
-        # A memoryview, not a slice: no copy of the ciphertext. The facade accepts
-        # any buffer; its bound cipher's annotation says bytes.
+        # A memoryview, not a slice: the ciphertext is not copied.
         content = memoryview(data)[16:]
-        return self.receive.open(struct.pack("<IQ", 0, counter), content, b"")  # type: ignore[arg-type]
+        return self.receive.open(struct.pack("<IQ", 0, counter), content, b"")
 
 
 def padding_len(size: int, mtu: int) -> int:

@@ -1,0 +1,39 @@
+"""The agent's environment knobs, all declared here (Tailscale's envknob).
+
+Each is read when needed, so tests can set them with monkeypatch. They are
+for operators and tests, not for everyday configuration: a knob that proves
+useful becomes a config setting or a flag.
+
+| variable             | default        | effect                                                    |
+| -------------------- | -------------- | --------------------------------------------------------- |
+| MESHLET_RUN_DIR      | /run/meshlet   | base of the local API sockets (`<dir>/wg/<if>.sock`)      |
+| MESHLET_WG_GSO       | 1              | 0 turns off UDP GSO batching on send (for measurements)   |
+| MESHLET_WG_BATCH     | 64             | packets or datagrams read per readiness callback          |
+"""
+
+import os
+
+
+def _int(name: str, default: int, lo: int, hi: int) -> int:
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SystemExit("meshlet: %s=%r is not a whole number; unset it or set %d..%d" % (name, text, lo, hi)) from None
+    if not lo <= value <= hi:
+        raise SystemExit("meshlet: %s=%d is out of range; set %d..%d" % (name, value, lo, hi))
+    return value
+
+
+def run_dir() -> str:
+    return os.environ.get("MESHLET_RUN_DIR") or "/run/meshlet"
+
+
+def wg_gso() -> bool:
+    return _int("MESHLET_WG_GSO", 1, 0, 1) == 1
+
+
+def wg_batch() -> int:
+    return _int("MESHLET_WG_BATCH", 64, 1, 4096)
