@@ -1,7 +1,7 @@
 """DERP frames against hand-assembled vectors, PyNaCl-sealed login boxes, and a byte stream fed every way."""
 
 from meshlet import crypto
-from meshlet.derp import frames
+from meshlet.derp import frames, login
 from meshlet.errors import CryptoError, LocalProtocolError, RemoteProtocolError
 from meshlet.key import NodePrivate, NodePublic
 from meshlet.wire import parse_ip
@@ -40,7 +40,7 @@ def _build(v):
     """Our builder's frame for a vector."""
     kind = v["frame"]
     if kind == "ServerKey":
-        return frames.build_server_key(_key(v))
+        return login.build_server_key(_key(v))
     if kind == "NotePreferred":
         return frames.build_note_preferred(v["preferred"])
     if kind == "PeerGone":
@@ -74,7 +74,7 @@ def _check(frame_type, payload, v):
     kind = v["frame"]
     assert frame_type == getattr(frames, "FRAME_" + _snake(kind)), (kind, frame_type)
     if kind == "ServerKey":
-        assert frames.parse_server_key(payload) == _key(v)
+        assert login.parse_server_key(payload) == _key(v)
     elif kind == "NotePreferred":
         assert frames.parse_note_preferred(payload) == v["preferred"]
     elif kind == "PeerGone":
@@ -170,7 +170,7 @@ def test_client_info_is_byte_exact_with_tsnets_plaintext():
     assert _CLIENT.public().raw == unhex(_CI["client_public"])
     assert _SERVER.public().raw == unhex(_CI["server_public"])
     info = {"version": 2, "CanAckPings": True}
-    frame = frames.build_client_info(_CLIENT, _SERVER.public(), unhex(_CI["nonce"]), info)
+    frame = login.build_client_info(_CLIENT, _SERVER.public(), unhex(_CI["nonce"]), info)
     assert frame == unhex(_CI["bytes"]), frame.hex()
     sealed = frame[5 + 32 + 24 :]
     plaintext = crypto.box_open(_SERVER.raw_private(), _CLIENT.public().raw, unhex(_CI["nonce"]), sealed)
@@ -181,7 +181,7 @@ def test_client_info_is_byte_exact_with_tsnets_plaintext():
 def test_parse_client_info_fills_the_canonical_fields():
     frame_type, payload = frames.decode_frame(unhex(_CI["bytes"]))
     assert frame_type == frames.FRAME_CLIENT_INFO
-    client, info = frames.parse_client_info(payload, _SERVER)
+    client, info = login.parse_client_info(payload, _SERVER)
     assert client == _CLIENT.public()
     assert info == {"meshKey": "", "version": 2, "CanAckPings": True, "IsProber": False}
 
@@ -194,9 +194,9 @@ def _client_info_payload(plaintext, nonce=bytes(24)):
 def test_client_info_keys_are_case_insensitive_and_unknown_ones_ignored():
     mesh = "AB" * 32
     text = '{"MeshKey":"%s","Version":2,"canackpings":true,"ISPROBER":true,"Future":[1,{"x":null}]}' % mesh
-    _, info = frames.parse_client_info(_client_info_payload(text.encode()), _SERVER)
+    _, info = login.parse_client_info(_client_info_payload(text.encode()), _SERVER)
     assert info == {"meshKey": "ab" * 32, "version": 2, "CanAckPings": True, "IsProber": True}
-    _, info = frames.parse_client_info(_client_info_payload(b'{"version":null}'), _SERVER)
+    _, info = login.parse_client_info(_client_info_payload(b'{"version":null}'), _SERVER)
     assert info["version"] == 0
 
 
@@ -215,25 +215,25 @@ def test_client_info_bad_json_is_rejected():
         b'{"meshKey":"' + b"ab " * 16 + b"ab" * 8 + b'"}',  # 64 characters, 24 bytes
         b'{"version":99999999999999999999}',
     ):
-        _raises("bad_json", frames.parse_client_info, _client_info_payload(text), _SERVER)
+        _raises("bad_json", login.parse_client_info, _client_info_payload(text), _SERVER)
 
 
 def test_client_info_box_failures():
     payload = _client_info_payload(b'{"version":2}')
     bad = bytearray(payload)
     bad[-1] ^= 1
-    e = _raises("bad_tag", frames.parse_client_info, bytes(bad), _SERVER)
+    e = _raises("bad_tag", login.parse_client_info, bytes(bad), _SERVER)
     assert isinstance(e, CryptoError)
     other = NodePrivate(bytes(range(32)))
-    _raises("bad_tag", frames.parse_client_info, payload, other)
-    _raises("bad_tag", frames.parse_client_info, payload[: 56 + 15], _SERVER)
-    _raises("short", frames.parse_client_info, payload[:55], _SERVER)
-    _raises("frame_too_large", frames.parse_client_info, bytes(frames.MAX_CLIENT_INFO_LEN + 1), _SERVER)
+    _raises("bad_tag", login.parse_client_info, payload, other)
+    _raises("bad_tag", login.parse_client_info, payload[: 56 + 15], _SERVER)
+    _raises("short", login.parse_client_info, payload[:55], _SERVER)
+    _raises("frame_too_large", login.parse_client_info, bytes(login.MAX_CLIENT_INFO_LEN + 1), _SERVER)
 
 
 def test_build_client_info_encodes_like_go():
     def plaintext(info):
-        frame = frames.build_client_info(_CLIENT, _SERVER.public(), bytes(24), info)
+        frame = login.build_client_info(_CLIENT, _SERVER.public(), bytes(24), info)
         return crypto.box_open(_SERVER.raw_private(), _CLIENT.public().raw, bytes(24), frame[61:])
 
     mesh = "0F" * 32
@@ -250,17 +250,17 @@ def test_build_client_info_encodes_like_go():
 
 def test_server_info_round_trip():
     nonce = unhex(_SI["nonce"])
-    frame = frames.build_server_info(_SERVER, _CLIENT.public(), nonce, {"version": 2})
+    frame = login.build_server_info(_SERVER, _CLIENT.public(), nonce, {"version": 2})
     assert frame == unhex(_SI["bytes"]), frame.hex()
     frame_type, payload = frames.decode_frame(frame)
     assert frame_type == frames.FRAME_SERVER_INFO
-    info = frames.parse_server_info(payload, _CLIENT, _SERVER.public())
+    info = login.parse_server_info(payload, _CLIENT, _SERVER.public())
     assert info == {"version": 2, "TokenBucketBytesPerSecond": 0, "TokenBucketBytesBurst": 0}
     limited = {"version": 2, "TokenBucketBytesPerSecond": 100000, "TokenBucketBytesBurst": 200000}
-    payload = frames.decode_frame(frames.build_server_info(_SERVER, _CLIENT.public(), nonce, limited))[1]
-    assert frames.parse_server_info(payload, _CLIENT, _SERVER.public()) == limited
-    _raises("short", frames.parse_server_info, nonce[:23], _CLIENT, _SERVER.public())
-    _raises("bad_tag", frames.parse_server_info, payload, _CLIENT, _CLIENT.public())
+    payload = frames.decode_frame(login.build_server_info(_SERVER, _CLIENT.public(), nonce, limited))[1]
+    assert login.parse_server_info(payload, _CLIENT, _SERVER.public()) == limited
+    _raises("short", login.parse_server_info, nonce[:23], _CLIENT, _SERVER.public())
+    _raises("bad_tag", login.parse_server_info, payload, _CLIENT, _CLIENT.public())
 
 
 # --- the stream reader ---
@@ -395,11 +395,11 @@ def test_strict_and_lax_lengths():
 
 def test_server_key_checks():
     good = frames.MAGIC + bytes(range(32))
-    assert frames.parse_server_key(good + bytes(1024 - 40)) == NodePublic(bytes(range(32)))
-    _raises("frame_too_large", frames.parse_server_key, good + bytes(1024 - 39))
-    _raises("short", frames.parse_server_key, good[:39])
-    _raises("short", frames.parse_server_key, b"DERP")
-    _raises("bad_magic", frames.parse_server_key, b"DERP\xf0\x9f\x94\x92" + bytes(32))
+    assert login.parse_server_key(good + bytes(1024 - 40)) == NodePublic(bytes(range(32)))
+    _raises("frame_too_large", login.parse_server_key, good + bytes(1024 - 39))
+    _raises("short", login.parse_server_key, good[:39])
+    _raises("short", login.parse_server_key, b"DERP")
+    _raises("bad_magic", login.parse_server_key, b"DERP\xf0\x9f\x94\x92" + bytes(32))
 
 
 def test_health_text():

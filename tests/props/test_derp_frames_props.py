@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshlet.derp import frames
+from meshlet.derp import frames, login
 from meshlet.errors import RemoteProtocolError
 from meshlet.key import NodePrivate, NodePublic
 from meshlet_testing.garbage import mutations, parses_or_rejects
@@ -44,8 +44,8 @@ def test_packet_frames_round_trip(key: NodePublic, packet: bytes) -> None:
 
 @given(keys, st.integers(min_value=0, max_value=255), ips, ports, st.integers(min_value=0, max_value=255))
 def test_peer_frames_round_trip(key: NodePublic, reason: int, ip: bytes, port: int, flags: int) -> None:
-    p = _payload(frames.build_server_key(key), frames.FRAME_SERVER_KEY)
-    assert frames.parse_server_key(p) == key
+    p = _payload(login.build_server_key(key), frames.FRAME_SERVER_KEY)
+    assert login.parse_server_key(p) == key
     p = _payload(frames.build_peer_gone(key, reason), frames.FRAME_PEER_GONE)
     assert frames.parse_peer_gone(p) == (key, reason)
     p = _payload(frames.build_peer_present(key, ip, port, flags), frames.FRAME_PEER_PRESENT)
@@ -82,8 +82,8 @@ server_infos = st.fixed_dictionaries(
 
 @given(client_infos, nonces)
 def test_client_info_round_trip(info: "dict[str, object]", nonce: bytes) -> None:
-    frame = frames.build_client_info(_CLIENT, _SERVER.public(), nonce, info)
-    client, got = frames.parse_client_info(_payload(frame, frames.FRAME_CLIENT_INFO), _SERVER)
+    frame = login.build_client_info(_CLIENT, _SERVER.public(), nonce, info)
+    client, got = login.parse_client_info(_payload(frame, frames.FRAME_CLIENT_INFO), _SERVER)
     assert client == _CLIENT.public()
     want: "dict[str, object]" = {"meshKey": "", "version": 0, "CanAckPings": False, "IsProber": False}
     want.update(info)
@@ -94,15 +94,15 @@ def test_client_info_round_trip(info: "dict[str, object]", nonce: bytes) -> None
 
 @given(server_infos, nonces)
 def test_server_info_round_trip(info: "dict[str, object]", nonce: bytes) -> None:
-    frame = frames.build_server_info(_SERVER, _CLIENT.public(), nonce, info)
-    got = frames.parse_server_info(_payload(frame, frames.FRAME_SERVER_INFO), _CLIENT, _SERVER.public())
+    frame = login.build_server_info(_SERVER, _CLIENT.public(), nonce, info)
+    got = login.parse_server_info(_payload(frame, frames.FRAME_SERVER_INFO), _CLIENT, _SERVER.public())
     want: "dict[str, object]" = {"version": 0, "TokenBucketBytesPerSecond": 0, "TokenBucketBytesBurst": 0}
     want.update(info)
     assert got == want
 
 
 _PARSERS = [
-    frames.parse_server_key,
+    login.parse_server_key,
     frames.parse_send_packet,
     frames.parse_recv_packet,
     frames.parse_forward_packet,
@@ -118,8 +118,8 @@ _PARSERS = [
     frames.parse_restarting,
     frames.decode_frame,
     frames.parse_header,
-    lambda p: frames.parse_client_info(p, _SERVER),
-    lambda p: frames.parse_server_info(p, _CLIENT, _SERVER.public()),
+    lambda p: login.parse_client_info(p, _SERVER),
+    lambda p: login.parse_server_info(p, _CLIENT, _SERVER.public()),
 ]
 
 
@@ -134,7 +134,7 @@ def test_arbitrary_sealed_json_parses_or_rejects(plaintext: bytes, nonce: bytes)
     from meshlet import crypto
 
     sealed = crypto.box_seal(_CLIENT.raw_private(), _SERVER.public().raw, nonce, plaintext)
-    parses_or_rejects(lambda p: frames.parse_client_info(p, _SERVER), _CLIENT.public().raw + nonce + sealed)
+    parses_or_rejects(lambda p: login.parse_client_info(p, _SERVER), _CLIENT.public().raw + nonce + sealed)
 
 
 json_values = st.recursive(
@@ -152,10 +152,10 @@ def test_arbitrary_json_values_parse_or_reject(value: object, nonce: bytes) -> N
     for doc in (value, {"version": value}, {"MESHKEY": value}, {"CanAckPings": value}):
         plaintext = json.dumps(doc).encode()
         sealed = crypto.box_seal(_SERVER.raw_private(), _CLIENT.public().raw, nonce, plaintext)
-        parses_or_rejects(lambda p: frames.parse_server_info(p, _CLIENT, _SERVER.public()), nonce + sealed)
+        parses_or_rejects(lambda p: login.parse_server_info(p, _CLIENT, _SERVER.public()), nonce + sealed)
         sealed = crypto.box_seal(_CLIENT.raw_private(), _SERVER.public().raw, nonce, plaintext)
         payload = _CLIENT.public().raw + nonce + sealed
-        parses_or_rejects(lambda p: frames.parse_client_info(p, _SERVER), payload)
+        parses_or_rejects(lambda p: login.parse_client_info(p, _SERVER), payload)
 
 
 @given(keys, packets, st.integers(min_value=0), st.integers(min_value=0, max_value=255))
@@ -163,7 +163,7 @@ def test_mutated_frames_parse_or_reject(key: NodePublic, packet: bytes, pos: int
     for frame in (
         frames.build_forward_packet(key, key, packet),
         frames.build_peer_present(key, bytes(4), 1, 1),
-        frames.build_client_info(_CLIENT, _SERVER.public(), bytes(24), {"version": 2, "CanAckPings": True}),
+        login.build_client_info(_CLIENT, _SERVER.public(), bytes(24), {"version": 2, "CanAckPings": True}),
     ):
         data = mutations(frame, pos, value)
         for parse in _PARSERS:

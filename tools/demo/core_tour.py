@@ -18,7 +18,7 @@ import sys
 
 from meshlet import crypto, disco, stun
 from meshlet.control import base as ts2021
-from meshlet.derp import frames
+from meshlet.derp import frames, login
 from meshlet.key import DiscoPrivate, MachinePrivate, NodePrivate
 from meshlet.wire import format_addr, parse_ip
 
@@ -105,19 +105,19 @@ def derp_relay(t: Tour) -> None:
     alice, bob = NodePrivate.generate(random_bytes), NodePrivate.generate(random_bytes)
     server_reader = frames.FrameReader(frames.SERVER_MAX_FRAME_LEN)
     for client in (alice, bob):
-        greeting = frames.build_server_key(server.public())
+        greeting = login.build_server_key(server.public())
         ftype, payload = frames.decode_frame(greeting)
-        assert ftype == frames.FRAME_SERVER_KEY and frames.parse_server_key(payload) == server.public()
-        login = frames.build_client_info(client, server.public(), random_bytes(24),
+        assert ftype == frames.FRAME_SERVER_KEY and login.parse_server_key(payload) == server.public()
+        hello = login.build_client_info(client, server.public(), random_bytes(24),
                                          {"version": 2, "CanAckPings": True})
-        server_reader.feed(login)
+        server_reader.feed(hello)
         ftype, payload = server_reader.next_frame() or (0, b"")
-        who, info = frames.parse_client_info(payload, server)
+        who, info = login.parse_client_info(payload, server)
         assert who == client.public()
-        welcome = frames.build_server_info(server, who, random_bytes(24), {"version": 2})
+        welcome = login.build_server_info(server, who, random_bytes(24), {"version": 2})
         ftype, payload = frames.decode_frame(welcome)
-        frames.parse_server_info(payload, client, server.public())
-        t.say("%s logged in (ClientInfo %d bytes, %r), got ServerInfo" % (who.short(), len(login), info))
+        login.parse_server_info(payload, client, server.public())
+        t.say("%s logged in (ClientInfo %d bytes, %r), got ServerInfo" % (who.short(), len(hello), info))
     send = frames.build_send_packet(bob.public(), b"hello bob, via the relay")
     # Feed the relay one byte at a time: the reader must cope with any split.
     frame = None

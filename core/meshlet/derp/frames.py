@@ -1,4 +1,4 @@
-"""The DERP frame layer: the header, a stream reader, and every frame's payload.
+"""The DERP frame layer: the header, a stream reader, and the steady-state frames.
 
 After the HTTP upgrade (shared/protocol/derp.md §2) a DERP connection is a
 stream of frames in both directions (§3):
@@ -21,6 +21,9 @@ server's key; the JSON inside is Go's encoding of `derp.ClientInfo` and
 `derp.ServerInfo`, reproduced byte for byte here (tsnet sends exactly
 `{"version":2,"CanAckPings":true}`).
 
+The login frames (ServerKey, ClientInfo, ServerInfo) and their sealed JSON
+live in `derp.login`; everything after the login is here.
+
 Builders (`build_*`) return whole frames, header included, ready to write.
 Parsers (`parse_*`) take a payload, as `FrameReader.next_frame()` yields it.
 Receivers are lax where Tailscale is (extra bytes after ServerKey, PeerGone,
@@ -28,13 +31,11 @@ Ping, Restarting) and strict where Tailscale's server is (NotePreferred,
 WatchConns and ClosePeer lengths, the 64 KiB packet limit).
 """
 
-import json
 import struct
 
-from .. import crypto
 from .._compat import const
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ..key import NodePrivate, NodePublic
+from ..key import NodePublic
 from ..wire import Reader, Writer, ip16, ip_compact
 
 # Specification (derp.md §3; Tailscale derp/derp.go).
@@ -44,7 +45,6 @@ KEY_LEN = 32
 NONCE_LEN = 24
 FRAME_HEADER_LEN = 5
 MAX_PACKET_SIZE = 64 << 10  # the data part of Send/Recv/ForwardPacket
-MAX_INFO_LEN = 1 << 20  # the client's limit on a ServerInfo box
 KEEP_ALIVE_MS = 60_000
 
 FRAME_SERVER_KEY = 0x01
@@ -77,30 +77,10 @@ PEER_PRESENT_NOT_IDEAL = 0x08  # connected to a node that is not Nodes[0] of its
 CLIENT_MAX_FRAME_LEN = 1 << 20  # the client's Recv refuses anything larger
 # The largest steady-state frame a server accepts: a ForwardPacket's two keys and 64 KiB.
 SERVER_MAX_FRAME_LEN = MAX_PACKET_SIZE + 2 * KEY_LEN
-MAX_CLIENT_INFO_LEN = 256 << 10  # the server's cap on ClientInfo, against JSON resource exhaustion
 MAX_WRITE_FRAME_LEN = 10 << 20  # Tailscale's WriteFrame refuses "unreasonably large" frames
-_SERVER_KEY_MAX_LEN = const(1024)  # the client reads the greeting with a 1 KiB limit
 _PING_MAX_LEN = const(1000)  # the server leaves room for extensions, "but not too much"
 _PING_LEN = const(8)
 _PEER_PRESENT_LEN = const(51)  # key + IP + port + flags
-
-_INT = const(0)
-_BOOL = const(1)
-_MESH_KEY = const(2)
-_INT64_MAX = const(0x7FFFFFFFFFFFFFFF)
-
-# Go's struct fields in declaration order: (JSON name, kind, omitempty).
-_CLIENT_INFO = (
-    ("meshKey", _MESH_KEY, True),
-    ("version", _INT, True),
-    ("CanAckPings", _BOOL, False),
-    ("IsProber", _BOOL, True),
-)
-_SERVER_INFO = (
-    ("version", _INT, True),
-    ("TokenBucketBytesPerSecond", _INT, True),
-    ("TokenBucketBytesBurst", _INT, True),
-)
 
 
 # --- framing -----------------------------------------------------------------
@@ -163,7 +143,7 @@ class FrameReader:
     Args:
         max_frame_len: the largest payload accepted. The client default is
             Tailscale's 1 MiB; a server passes SERVER_MAX_FRAME_LEN (and
-            MAX_CLIENT_INFO_LEN while it waits for ClientInfo). Unlike
+            login.MAX_CLIENT_INFO_LEN while it waits for ClientInfo). Unlike
             Tailscale's server, which skips an oversized frame of an unknown
             type, this reader refuses it.
     """
@@ -250,182 +230,6 @@ class FrameReader:
         """
         if self.buffered():
             raise RemoteProtocolError("truncated", "stream ended %d bytes into a frame" % self.buffered())
-
-
-# --- handshake frames ----------------------------------------------------------
-
-
-def build_server_key(server_public: NodePublic) -> bytes:
-    """ServerKey (0x01): the magic and the server's public key."""
-    return encode_frame(FRAME_SERVER_KEY, MAGIC + server_public.raw)
-
-
-def parse_server_key(payload: bytes) -> NodePublic:
-    """The server's key from its greeting; extra bytes are reserved and ignored.
-
-    Raises:
-        RemoteProtocolError: "short", "bad_magic", or "frame_too_large" (the
-            client reads the greeting with a 1 KiB limit).
-    """
-    if len(payload) > _SERVER_KEY_MAX_LEN:
-        raise RemoteProtocolError("frame_too_large", "server greeting of %d bytes" % len(payload))
-    r = Reader(payload)
-    if r.take(len(MAGIC)) != MAGIC:
-        raise RemoteProtocolError("bad_magic", "not a DERP server greeting")
-    return NodePublic(r.take(KEY_LEN))
-
-
-def build_client_info(
-    client_private: NodePrivate, server_public: NodePublic, nonce: bytes, info: "dict[str, object]"
-) -> bytes:
-    """ClientInfo (0x02): our node key, then the JSON sealed to the server.
-
-    Args:
-        info: any of "meshKey" (64 hex digits), "version" (int),
-            "CanAckPings" (bool), "IsProber" (bool); encoded as Go does, in
-            that order, compact, empty values omitted except CanAckPings.
-            `{"version": 2, "CanAckPings": True}` is what tsnet sends.
-        nonce: 24 fresh random bytes.
-
-    Raises:
-        LocalProtocolError("bad_info"): an unknown key or a value of the wrong type.
-    """
-    plaintext = _encode_info(_CLIENT_INFO, info)
-    w = Writer().raw(client_private.public().raw).fixed(nonce, NONCE_LEN)
-    w.raw(crypto.box_seal(client_private.raw_private(), server_public.raw, nonce, plaintext))
-    return encode_frame(FRAME_CLIENT_INFO, w.getvalue())
-
-
-def parse_client_info(payload: bytes, server_private: NodePrivate) -> "tuple[NodePublic, dict[str, object]]":
-    """The server side of the login: who the client is, and what it says.
-
-    Returns:
-        (client node key, info) where info always has the four canonical keys
-        "meshKey" (lowercase hex, "" if absent), "version", "CanAckPings" and
-        "IsProber". JSON keys match case-insensitively, as in Go; unknown keys
-        are ignored, null leaves the default.
-
-    Raises:
-        RemoteProtocolError: "short", "frame_too_large" (over 256 KiB), "bad_json".
-        CryptoError: the box does not open, or the client key is low-order.
-    """
-    if len(payload) > MAX_CLIENT_INFO_LEN:
-        raise RemoteProtocolError("frame_too_large", "client info of %d bytes" % len(payload))
-    r = Reader(payload)
-    if r.remaining() < KEY_LEN + NONCE_LEN:
-        raise RemoteProtocolError("short", "client info of %d bytes" % r.remaining())
-    client = NodePublic(r.take(KEY_LEN))
-    nonce = r.take(NONCE_LEN)
-    plaintext = crypto.box_open(server_private.raw_private(), client.raw, nonce, r.rest())
-    return client, _decode_info(_CLIENT_INFO, plaintext)
-
-
-def build_server_info(
-    server_private: NodePrivate, client_public: NodePublic, nonce: bytes, info: "dict[str, object]"
-) -> bytes:
-    """ServerInfo (0x03): the JSON sealed to the client, after its nonce.
-
-    Args:
-        info: any of "version", "TokenBucketBytesPerSecond",
-            "TokenBucketBytesBurst" (ints; zero ones are omitted, as in Go).
-            Tailscale's server sends `{"version":2}`.
-    """
-    plaintext = _encode_info(_SERVER_INFO, info)
-    w = Writer().fixed(nonce, NONCE_LEN)
-    w.raw(crypto.box_seal(server_private.raw_private(), client_public.raw, nonce, plaintext))
-    return encode_frame(FRAME_SERVER_INFO, w.getvalue())
-
-
-def parse_server_info(
-    payload: bytes, client_private: NodePrivate, server_public: NodePublic
-) -> "dict[str, object]":
-    """Opens the server's welcome; the three canonical keys are always present.
-
-    Raises:
-        RemoteProtocolError: "short", "frame_too_large", "bad_json".
-        CryptoError: the box does not open.
-    """
-    r = Reader(payload)
-    if r.remaining() < NONCE_LEN:
-        raise RemoteProtocolError("short", "server info of %d bytes" % r.remaining())
-    if r.remaining() > NONCE_LEN + MAX_INFO_LEN:
-        raise RemoteProtocolError("frame_too_large", "server info of %d bytes" % r.remaining())
-    nonce = r.take(NONCE_LEN)
-    plaintext = crypto.box_open(client_private.raw_private(), server_public.raw, nonce, r.rest())
-    return _decode_info(_SERVER_INFO, plaintext)
-
-
-def _encode_info(fields: "tuple[tuple[str, int, bool], ...]", info: "dict[str, object]") -> bytes:
-    # Written by hand: MicroPython's json.dumps puts spaces after ',' and ':'
-    # and its dicts do not keep insertion order, and Go's bytes are the contract.
-    for name in info:
-        if not any(name == f[0] for f in fields):
-            raise LocalProtocolError("bad_info", "unknown field %r" % name)
-    parts = []
-    for name, kind, omitempty in fields:
-        value = info.get(name)
-        text = _encode_value(kind, _default(kind) if value is None else value, name)
-        if not (omitempty and text in ("0", "false", '""')):
-            parts.append('"%s":%s' % (name, text))
-    return ("{" + ",".join(parts) + "}").encode()
-
-
-def _encode_value(kind: int, value: object, name: str) -> str:
-    if kind == _BOOL and type(value) is bool:
-        return "true" if value else "false"
-    if kind == _INT and type(value) is int and -_INT64_MAX - 1 <= value <= _INT64_MAX:
-        return "%d" % value
-    if kind == _MESH_KEY and isinstance(value, str):
-        if value == "":
-            return '""'
-        raw = _mesh_key(value)
-        if raw is not None:
-            return '""' if raw == bytes(KEY_LEN) else '"%s"' % value.lower()  # Go's omitzero
-    raise LocalProtocolError("bad_info", "bad value for %s" % name)
-
-
-def _default(kind: int) -> object:
-    if kind == _MESH_KEY:
-        return ""
-    return False if kind == _BOOL else 0
-
-
-def _mesh_key(text: str) -> "bytes | None":
-    if len(text) != 2 * KEY_LEN:
-        return None
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        return None
-    return raw if len(raw) == KEY_LEN else None  # CPython's fromhex skips spaces; Go's hex does not
-
-
-def _decode_info(fields: "tuple[tuple[str, int, bool], ...]", plaintext: bytes) -> "dict[str, object]":
-    try:
-        obj = json.loads(plaintext)
-    except (ValueError, RuntimeError):  # RuntimeError: CPython's RecursionError on deep nesting
-        raise RemoteProtocolError("bad_json", "not JSON")
-    if type(obj) is not dict:
-        raise RemoteProtocolError("bad_json", "not a JSON object")
-    out: "dict[str, object]" = {}
-    for name, kind, _ in fields:
-        out[name] = _default(kind)
-    for key, value in obj.items():
-        low = key.lower()
-        for name, kind, _ in fields:
-            if name.lower() == low and value is not None:
-                out[name] = _decode_value(kind, value, name)
-    return out
-
-
-def _decode_value(kind: int, value: object, name: str) -> object:
-    if kind == _BOOL and type(value) is bool:
-        return value
-    if kind == _INT and type(value) is int and -_INT64_MAX - 1 <= value <= _INT64_MAX:
-        return value
-    if kind == _MESH_KEY and isinstance(value, str) and _mesh_key(value) is not None:
-        return value.lower()
-    raise RemoteProtocolError("bad_json", "bad value for %s" % name)
 
 
 # --- packets -----------------------------------------------------------------------
