@@ -35,6 +35,7 @@ BINDING_REQUEST = 0x0001
 BINDING_SUCCESS = 0x0101
 
 ATTR_MAPPED_ADDRESS = 0x0001
+ATTR_CHANGE_REQUEST = 0x0003  # RFC 3489 / RFC 5780: "answer from another IP or port"
 ATTR_SOURCE_ADDRESS = 0x0004  # RFC 3489 only
 ATTR_CHANGED_ADDRESS = 0x0005  # RFC 3489 only
 ATTR_XOR_MAPPED_ADDRESS = 0x0020
@@ -44,6 +45,7 @@ ATTR_FINGERPRINT = 0x8028
 
 SOFTWARE_TAILNODE = b"tailnode"
 _FINGERPRINT_XOR = const(0x5354554E)
+_CHANGE_IP_OR_PORT = const(0x06)  # CHANGE-REQUEST flags: 0x04 change IP, 0x02 change port
 _FAMILY_IPV4 = const(1)
 _FAMILY_IPV6 = const(2)
 
@@ -56,14 +58,21 @@ class BindingRequest:
             an RFC 3489 classic request.
         classic: True for an RFC 3489 request (no magic cookie).
         software: the SOFTWARE attribute's value, or None.
+        change_request: True when CHANGE-REQUEST asks for the answer to come
+            from another IP or port. A server with one socket cannot do that
+            and must not answer from the same address instead, or an RFC 3489
+            client behind a NAT would conclude it has a full-cone NAT.
     """
 
-    __slots__ = ("txid", "classic", "software")
+    __slots__ = ("txid", "classic", "software", "change_request")
 
-    def __init__(self, txid: bytes, classic: bool = False, software: "bytes | None" = None) -> None:
+    def __init__(
+        self, txid: bytes, classic: bool = False, software: "bytes | None" = None, change_request: bool = False
+    ) -> None:
         self.txid = txid
         self.classic = classic
         self.software = software
+        self.change_request = change_request
 
     def is_tailscale(self) -> bool:
         return not self.classic and self.software == SOFTWARE_TAILNODE
@@ -112,12 +121,15 @@ def parse_binding_request(data: bytes) -> BindingRequest:
     classic = data[4:8] != MAGIC_COOKIE
     txid = bytes(data[4:20]) if classic else bytes(data[8:20])
     software = None
+    change = False
     for attr, value, at in _attributes(data, length):
         if attr == ATTR_SOFTWARE:
             software = value
+        elif attr == ATTR_CHANGE_REQUEST:
+            change = len(value) == 4 and value[3] & _CHANGE_IP_OR_PORT != 0
         elif attr == ATTR_FINGERPRINT:
             _check_fingerprint(data, at, value)
-    return BindingRequest(txid, classic, software)
+    return BindingRequest(txid, classic, software, change)
 
 
 def build_binding_response(request: BindingRequest, ip: bytes, port: int) -> bytes:

@@ -103,3 +103,13 @@ def test_is_stun_matches_tailscales_test():
     assert stun.is_stun(stun.build_binding_request(bytes(12)))
     assert not stun.is_stun(b"\x01\x00\x00\x00" + bytes(28))  # a WireGuard initiation's start
     assert not stun.is_stun(b"TS\xf0\x9f\x92\xac" + bytes(56))  # disco magic
+
+
+def test_change_request_is_reported_so_a_one_socket_server_can_refuse_it():
+    # RFC 3489 classic request with CHANGE-REQUEST "change IP" (flag 0x04).
+    txid = bytes(range(16))
+    asks_change = b"\x00\x01\x00\x08" + txid + b"\x00\x03\x00\x04\x00\x00\x00\x04"
+    assert stun.parse_binding_request(asks_change).change_request
+    no_change = b"\x00\x01\x00\x08" + txid + b"\x00\x03\x00\x04\x00\x00\x00\x00"
+    assert not stun.parse_binding_request(no_change).change_request
+    assert not stun.parse_binding_request(stun.build_binding_request(bytes(12))).change_request
