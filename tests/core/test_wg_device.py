@@ -220,3 +220,32 @@ def test_status_counts_bytes_and_shows_configuration():
     assert a.tx_bytes == p.a.stats.tx_bytes == sum(len(d) for d in p.sent_by("a"))
     assert a.rx_bytes == p.a.stats.rx_bytes == sum(len(d) for d in p.sent_by("b"))
     assert a.last_handshake_unix_ms == UNIX_MS
+
+
+def test_wall_clock_set_back_still_gives_newer_timestamps():
+    p = wg_pair()
+    p.a.send_packet(ipv4_packet(A_IP4, B_IP4, b"x"), 0)
+    p.pump()
+    p.a.set_wall_clock(UNIX_MS - 3_600_000, 10_000)  # NTP stepped the clock back an hour
+    p.clock.now_ms = 130_000
+    p.a.send_packet(ipv4_packet(A_IP4, B_IP4, b"rekeyed"), 130_000)  # Rekey-After-Time
+    p.pump()
+    assert p.b.stats.dropped == {} and p.b.stats.handshakes_completed == 2
+
+
+def test_a_restarted_node_is_accepted_by_wall_clock():
+    from meshlet.wg.device import Device
+    from meshlet_testing.rand import FakeRandom
+
+    p = wg_pair()
+    p.a.send_packet(ipv4_packet(A_IP4, B_IP4, b"before"), 0)
+    p.pump()
+    # a restarts 30 s later: new monotonic clock at 0, a new index space, no memory of its last stamp.
+    a2 = Device(node_key(1), FakeRandom(77), UNIX_MS + 30_000, 0)
+    a2.set_peer(PeerConfig(node_key(2).public(), [(B_IP4, 32)], p.b_addr))
+    p.a = a2
+    p.clock.now_ms = 30_000
+    a2.send_packet(ipv4_packet(A_IP4, B_IP4, b"after"), 0)
+    p.pump()
+    assert p.b.received_packets()[-1] == ipv4_packet(A_IP4, B_IP4, b"after")
+    assert p.b.stats.dropped == {}

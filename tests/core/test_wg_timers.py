@@ -5,6 +5,7 @@ otherwise, then moves the clock with `p.advance` / `p.run_until`, which fire
 every deadline on the way, and checks when things were sent.
 """
 
+from meshlet.wg.constants import REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES
 from meshlet.wg.events import HandshakeCompleted, HandshakeFailed, KeysZeroed
 from meshlet_testing.pair import A_IP4, B_IP4, ipv4_packet, node_key, wg_pair
 
@@ -168,6 +169,19 @@ def test_initiator_renews_on_receive_at_165_s():
     assert p.a.stats.handshakes_initiated == 2
     _b_to_a(p, 165_002)
     assert p.a.stats.handshakes_initiated == 2
+
+
+def test_rekey_after_messages_and_reject_after_messages():
+    p = _session()
+    _keypairs(p.a, 2).current.send_counter = REKEY_AFTER_MESSAGES + 1
+    _a_to_b(p, 6_000, b"rekey")  # sent under the old key, then a new handshake
+    assert p.a.stats.handshakes_initiated == 2
+    assert p.b.received_packets() == [ipv4_packet(A_IP4, B_IP4, b"rekey")]
+    _keypairs(p.a, 2).current.send_counter = REJECT_AFTER_MESSAGES
+    _a_to_b(p, 12_000, b"reject")  # this key may not send at all: staged, new handshake
+    assert p.a.stats.handshakes_initiated == 3
+    assert p.b.received_packets() == [ipv4_packet(A_IP4, B_IP4, b"reject")]
+    assert p.b.stats.dropped == {}
 
 
 def test_packets_under_an_expired_keypair_are_dropped():

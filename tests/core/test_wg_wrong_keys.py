@@ -1,6 +1,5 @@
 """Misconfigured peers fail cleanly: a wrong preshared key or a wrong peer key is counted, never raised."""
 
-from meshlet.wg.events import HandshakeFailed
 from meshlet_testing.pair import A_IP4, B_IP4, ipv4_packet, wg_pair
 
 
@@ -21,11 +20,10 @@ def test_preshared_key_mismatch_fails_on_the_initiator():
     assert p.a.stats.dropped == {"bad_tag": 1}
     assert p.b.stats.dropped == {}
     assert p.a.stats.handshakes_completed == 0 and p.b.stats.handshakes_completed == 0
-    p.run_until(120_000)
-    assert p.a.stats.dropped["bad_tag"] == 20
-    assert p.a.stats.dropped["handshake_failed"] == 1
-    assert HandshakeFailed in _types(p.a)
-    assert p.b.received_packets() == []
+    p.run_until(12_000)  # every retry fails the same way (giving up: test_wg_timers.py)
+    assert p.a.stats.dropped == {"bad_tag": 3}
+    assert p.b.stats.dropped == {} and p.b.received_packets() == []
+    assert _types(p.a) == [] and _types(p.b) == []
 
 
 def test_psk_on_one_side_only_also_fails():

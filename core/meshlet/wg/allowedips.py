@@ -64,6 +64,10 @@ class AllowedIPs:
         self._v4 = _Table(32)
         self._v6 = _Table(128)
 
+    def validate(self, ip: bytes, cidr: int) -> None:
+        """Raises LocalProtocolError ("bad_ip", "bad_prefix") unless `ip/cidr` could be inserted."""
+        self._table(ip, cidr)
+
     def _table(self, ip: bytes, cidr: int) -> "_Table":
         if len(ip) == 4:
             table = self._v4

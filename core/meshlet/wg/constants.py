@@ -21,8 +21,9 @@ COOKIE_REFRESH_TIME_MS = const(120_000)
 HANDSHAKE_INITIATION_RATE_MS = const(20)  # wireguard-go's HandshakeInitationRate, 1 s / 50
 PADDING_MULTIPLE = const(16)
 
-# Retries after the first initiation: REKEY_ATTEMPT_TIME / REKEY_TIMEOUT = 18,
-# so a handshake is given up after about 90 s and 19 initiations.
+# REKEY_ATTEMPT_TIME / REKEY_TIMEOUT = 18. wireguard-go gives up once its retry
+# count *exceeds* this, so a handshake is sent 20 times (the first and 19
+# retries, about 95 s) before it is abandoned (timers.py).
 MAX_TIMER_HANDSHAKES = const(18)
 
 # After this long without a new session every key is erased (whitepaper §6.1, 3 x Reject-After-Time).

@@ -34,6 +34,16 @@ Theory of operation.
 Counters: `rx_bytes`/`tx_bytes` are authenticated datagram bytes (handshakes
 included), as in `wg show`; `rx_packets`/`tx_packets` are IP packets
 delivered to and taken from the TUN (keepalives excluded).
+
+Drop reasons (`stats.dropped` keys), stable:
+
+    malformed          short, trailing, bad_type, too_large, bad_ip_version, bad_ip_length
+    unauthenticated    bad_mac1, bad_tag, low_order_point, unknown_peer, unknown_receiver,
+                       unexpected_response, unexpected_cookie, bad_peer_key
+    replays, floods    replay, stale_timestamp, flood, expired (Reject-After-Time),
+                       under_load (answered with a cookie reply instead)
+    routing            not_allowed (inbound source), no_route (outbound destination), no_endpoint
+    queue              staged_overflow, handshake_failed, keys_zeroed (staged packets dropped)
 """
 
 import struct
@@ -182,7 +192,7 @@ class Device:
         if cfg.public_key == self.public_key:
             raise LocalProtocolError("own_key", "a peer cannot have the interface's own key")
         for ip, cidr in cfg.allowed_ips:  # validate before changing anything
-            self._allowed._table(ip, cidr)
+            self._allowed.validate(ip, cidr)
         peer = self._peers.get(cfg.public_key)
         newly_keepalive = cfg.persistent_keepalive_s > 0
         if peer is None:
@@ -471,8 +481,8 @@ class Device:
             self._send_initiation(peer, now_ms, False)
 
     def _keep_key_fresh_receiving(self, peer: Peer, now_ms: int) -> None:
-        # An initiator about to hit Reject-After-Time renews from the receive side too,
-        # so that a peer which only listens still gets a new session in time.
+        """An initiator nearing Reject-After-Time renews on receive too (once), so a
+        session that only carries data towards us is still replaced in time."""
         if peer.timers.sent_last_minute_handshake:
             return
         kp = peer.keypairs.current
