@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole `meshlet` command line (used by main() and by the docs)."""
     parser = argparse.ArgumentParser(
         prog="meshlet",
-        description="meshlet: a small Tailscale-compatible mesh. `meshlet wg` runs a userspace WireGuard interface.",
+        description="meshlet: a small Tailscale-compatible mesh."
+        " `meshlet wg` runs a userspace WireGuard interface.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -87,13 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("config", metavar="CONFIG", help="the config file, e.g. /etc/wireguard/wg0.conf")
     up.add_argument(
-        "--ifname", metavar="NAME", help="interface name (default: CONFIG's file name without .conf; max 15 chars)"
+        "--ifname",
+        metavar="NAME",
+        help="interface name (default: CONFIG's file name without .conf; max 15 chars)",
     )
     up.add_argument(
         "--foreground",
         "-f",
         action="store_true",
-        help="stay in the foreground (the default and only mode, as `wireguard-go -f`; use systemd to detach)",
+        help="stay in the foreground (the default and only mode, as `wireguard-go -f`;"
+        " use systemd to detach)",
     )
     up.add_argument("--verbose", "-v", action="store_true", help="log debug lines too")
 
@@ -205,7 +209,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(statuses[0] if args.ifname else statuses, indent=2))
         return 0
     if not statuses and not args.ifname:
-        print("meshlet: no meshlet interface is running; start one with `meshlet wg up CONFIG`", file=sys.stderr)
+        print(
+            "meshlet: no meshlet interface is running; start one with `meshlet wg up CONFIG`", file=sys.stderr
+        )
         return 1
     print("\n\n".join(format_show(s, int(time.time())) for s in statuses))
     return 0
@@ -234,7 +240,9 @@ def format_show(status: dict[str, Any], now_s: int) -> str:
         if p["latest_handshake_unix_ms"]:
             lines.append("  latest handshake: %s" % ago(p["latest_handshake_unix_ms"] // 1000, now_s))
         if p["rx_bytes"] or p["tx_bytes"]:
-            lines.append("  transfer: %s received, %s sent" % (human_bytes(p["rx_bytes"]), human_bytes(p["tx_bytes"])))
+            lines.append(
+                "  transfer: %s received, %s sent" % (human_bytes(p["rx_bytes"]), human_bytes(p["tx_bytes"]))
+            )
         if p.get("persistent_keepalive_s"):
             lines.append("  persistent keepalive: every %s" % pretty_time(p["persistent_keepalive_s"]))
     return "\n".join(lines)

@@ -21,7 +21,9 @@ def _int(name: str, default: int, lo: int, hi: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise SystemExit("meshlet: %s=%r is not a whole number; unset it or set %d..%d" % (name, text, lo, hi)) from None
+        raise SystemExit(
+            "meshlet: %s=%r is not a whole number; unset it or set %d..%d" % (name, text, lo, hi)
+        ) from None
     if not lo <= value <= hi:
         raise SystemExit("meshlet: %s=%d is out of range; set %d..%d" % (name, value, lo, hi))
     return value

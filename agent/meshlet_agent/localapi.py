@@ -171,7 +171,9 @@ def request(ifname: str, what: str = "status") -> dict[str, Any]:
     try:
         reply = json.loads(b"".join(chunks))
     except ValueError:
-        raise LocalApiError("%s answered something that is not JSON; is it a meshlet socket?" % path) from None
+        raise LocalApiError(
+            "%s answered something that is not JSON; is it a meshlet socket?" % path
+        ) from None
     if not isinstance(reply, dict) or not reply.get("ok"):
         err = reply.get("error") if isinstance(reply, dict) else reply
         raise LocalApiError("%s refused the request: %s" % (path, err))

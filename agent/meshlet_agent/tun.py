@@ -56,8 +56,8 @@ def check_ifname(name: str) -> None:
         )
     if name in (".", "..") or any(c in name for c in "/: \t\n") or not name.isprintable():
         raise TunError(
-            "interface name %r contains '/', ':' or whitespace; pass --ifname with letters, digits, '-' or '_'"
-            % name
+            "interface name %r contains '/', ':' or whitespace;"
+            " pass --ifname with letters, digits, '-' or '_'" % name
         )
 
 
@@ -92,10 +92,13 @@ class Tun:
             ) from None
         except PermissionError:
             raise TunError(
-                "cannot open %s: permission denied; run as root (or give the program CAP_NET_ADMIN)" % TUN_PATH
+                "cannot open %s: permission denied; run as root (or give the program CAP_NET_ADMIN)"
+                % TUN_PATH
             ) from None
         except OSError as e:
-            raise TunError("cannot open %s: %s; check that the tun module is loaded" % (TUN_PATH, e.strerror)) from None
+            raise TunError(
+                "cannot open %s: %s; check that the tun module is loaded" % (TUN_PATH, e.strerror)
+            ) from None
         ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI)
         try:
             fcntl.ioctl(fd, TUNSETIFF, ifr)
@@ -107,8 +110,8 @@ class Tun:
                 ) from None
             if e.errno == errno.EBUSY:
                 raise TunError(
-                    "interface %s already exists and is in use; stop whatever owns it or pass another --ifname"
-                    % name
+                    "interface %s already exists and is in use;"
+                    " stop whatever owns it or pass another --ifname" % name
                 ) from None
             if e.errno == errno.EINVAL:
                 raise TunError(
@@ -183,9 +186,13 @@ def _ip(*args: str) -> None:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        raise TunError("`%s` did not finish in %d s; check the system's network stack" % (text, IP_TIMEOUT_S)) from None
+        raise TunError(
+            "`%s` did not finish in %d s; check the system's network stack" % (text, IP_TIMEOUT_S)
+        ) from None
     if res.returncode != 0:
         err = (res.stderr or res.stdout).strip().replace("\n", " ")
-        hint = "run as root" if "Operation not permitted" in err else "check the address or route in the config"
+        hint = (
+            "run as root" if "Operation not permitted" in err else "check the address or route in the config"
+        )
         raise TunError("`%s` failed: %s; %s" % (text, err, hint))
     log.debug("tun: %s", text)

@@ -18,7 +18,9 @@ all of one size except possibly a shorter last one, goes to the kernel as one
 late in its stack. A TCP transfer through the tunnel produces exactly such
 runs (full-size segments), and one system call per run instead of one per
 packet is the largest single saving on the send path. If the kernel refuses
-it, meshlet falls back to one `sendto` per datagram for good.
+GSO from the start, meshlet falls back to one `sendto` per datagram for good;
+a run refused later (say, datagrams larger than the path MTU) is sent the
+plain way on its own.
 
 The core speaks in `(ip_bytes, port)`; sockets speak in `(text, port)`.
 `Udp.sockaddr()` and `Udp.addr()` convert with small bounded caches, so the
@@ -150,7 +152,9 @@ class Udp:
             raise OSError(errno.EAFNOSUPPORT, "no IPv6 socket")
         sock.sendto(data, self.sockaddr(dst))
 
-    def send_many(self, transmits: "list[tuple[Any, tuple[bytes, int], bytes]]", on_error: "Callable[[OSError], None]") -> None:
+    def send_many(
+        self, transmits: "list[tuple[Any, tuple[bytes, int], bytes]]", on_error: "Callable[[OSError], None]"
+    ) -> None:
         """Sends every `(peer, dst, datagram)` in order, batching runs with GSO where possible.
 
         Errors are passed to `on_error` and the datagrams concerned are dropped (UDP may drop anyway).
@@ -184,8 +188,15 @@ class Udp:
                 on_error(e)
             i = j
 
-    def _send_gso(self, sock: socket.socket, transmits: "list[tuple[Any, tuple[bytes, int], bytes]]",
-                  i: int, j: int, size: int, dst: tuple[bytes, int]) -> None:  # fmt: skip
+    def _send_gso(
+        self,
+        sock: socket.socket,
+        transmits: "list[tuple[Any, tuple[bytes, int], bytes]]",
+        i: int,
+        j: int,
+        size: int,
+        dst: tuple[bytes, int],
+    ) -> None:
         buf = b"".join([t[2] for t in transmits[i:j]])
         sa = self.sockaddr(dst)
         try:
@@ -194,8 +205,13 @@ class Udp:
         except OSError as e:
             if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO):
                 raise
-            self.gso = False
-            log.info("udp: the kernel refused UDP GSO (%s); sending one datagram per system call", e.strerror)
+            if self.gso_sends == 0:
+                # Never worked: the kernel (or this socket) has no UDP GSO. Stop trying.
+                self.gso = False
+                log.info(
+                    "udp: the kernel refused UDP GSO (%s); sending one datagram per system call", e.strerror
+                )
+            # Otherwise it was this run (e.g. datagrams larger than the path MTU): send it the plain way.
             for _p, _d, data in transmits[i:j]:
                 sock.sendto(data, sa)
 
@@ -207,8 +223,8 @@ class Udp:
 def _bind_problem(port: int, e: OSError) -> str:
     if e.errno == errno.EADDRINUSE:
         return (
-            "UDP port %d is already in use; stop the other WireGuard (`ss -ulpn | grep %d`) or change ListenPort"
-            % (port, port)
+            "UDP port %d is already in use;"
+            " stop the other WireGuard (`ss -ulpn | grep %d`) or change ListenPort" % (port, port)
         )
     if e.errno == errno.EACCES:
         return "binding UDP port %d was refused; run as root or choose a ListenPort above 1023" % port

@@ -191,7 +191,9 @@ class _Parser:
                 "write settings as `Key = Value` under an [Interface] or [Peer] header",
             )
         if not self.section:
-            raise self.error(key, "appears before any section", "put it under an [Interface] or [Peer] header")
+            raise self.error(
+                key, "appears before any section", "put it under an [Interface] or [Peer] header"
+            )
         lower = key.lower()
         if lower in _WG_QUICK_ONLY:
             raise self.error(key, "is a wg-quick setting meshlet does not support", _WG_QUICK_ONLY[lower])
@@ -206,7 +208,9 @@ class _Parser:
         name = line.strip("[] \t").lower()
         if not line.endswith("]") or name not in ("interface", "peer"):
             raise self.error(
-                line, "is not a known section", "the sections are [Interface] (once) and [Peer] (one per peer)"
+                line,
+                "is not a known section",
+                "the sections are [Interface] (once) and [Peer] (one per peer)",
             )
         self.finish_peer()
         if name == "interface":
@@ -395,11 +399,19 @@ class _Parser:
         self.finish_peer()
         if not self.iface_line:
             raise ConfigError(
-                self.source, 0, "[Interface]", "section is missing", "start the file with [Interface] and a PrivateKey"
+                self.source,
+                0,
+                "[Interface]",
+                "section is missing",
+                "start the file with [Interface] and a PrivateKey",
             )
         if self.private_key is None:
             raise ConfigError(
-                self.source, self.iface_line, "[Interface]", "has no PrivateKey", "add `PrivateKey = ...`; " + _KEY_FIX
+                self.source,
+                self.iface_line,
+                "[Interface]",
+                "has no PrivateKey",
+                "add `PrivateKey = ...`; " + _KEY_FIX,
             )
         own = self.private_key.public()
         for p in self.peers:

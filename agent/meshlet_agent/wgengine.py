@@ -7,7 +7,7 @@ only moves bytes and time in and out of it:
     UDP readable  -> read up to BATCH datagrams -> device.receive_datagram()  +-> flush()
     timer due     -> device.handle_timer()                                   -+
 
-    flush(): device.transmits()        -> sendto() on the UDP socket
+    flush(): device.transmits()        -> sendto(), or sendmsg() with UDP GSO for runs
              device.received_packets() -> write() on the TUN
              device.next_event()       -> one log line each
              device.next_deadline()    -> (re-)arm the single timer
@@ -49,7 +49,7 @@ log = logging.getLogger("meshlet_agent.wgengine")
 READ_SIZE = 65535
 """Bytes asked of each read: the largest IP packet or UDP datagram, so nothing is ever truncated."""
 DROP_SUMMARY_INTERVAL_S = 30.0
-"""At most one summary of growing drop counters per this many seconds; also how often the wall clock is re-read."""
+"""At most one summary of growing drop counters per this many seconds; also the wall-clock re-read period."""
 _TUN_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
 """TUN errors that mean the interface is gone (`ip link del`): reading again would spin."""
 
@@ -63,9 +63,9 @@ _DROP_HINTS = {
     "not_allowed": "the peer sent a packet from an address outside its AllowedIPs here",
     "no_route": "a packet to an address no peer's AllowedIPs covers (IPv6 multicast after link-up is normal)",
     "no_endpoint": "a packet for a peer without Endpoint that has not contacted us yet",
-    "handshake_failed": "packets queued for a peer that never answered: check Endpoint and that the peer runs",
+    "handshake_failed": "packets queued for a peer that never answered: check Endpoint and that it runs",
 }
-# Reasons that are routine; their first occurrence is logged at INFO, the rest at WARNING.
+# Routine reasons: their first occurrence is logged at INFO; any other reason's at WARNING.
 _ROUTINE_DROPS = frozenset({"no_route", "unknown_receiver", "no_endpoint", "keys_zeroed"})
 
 
@@ -251,7 +251,7 @@ class Engine:
         peer = getattr(ev, "peer", None)
         who = peer.wireguard_short() if isinstance(peer, NodePublic) else "?"
         if name == "HandshakeCompleted":
-            # The first session with a peer (or the first after a failure) is news; rekeys every 2 min are not.
+            # The first session with a peer (or the first after a failure) is news; 2-minute rekeys are not.
             if who in self._established:
                 log.debug("wg: %s: new session (rekey)", who)
             else:
@@ -302,7 +302,10 @@ class Engine:
         if e.errno not in _TUN_GONE or self._loop is None:
             return False
         message = "interface %s vanished (%s: %s); was it deleted? restart `meshlet wg up`" % (
-            self.tun.name, where.replace("_", " "), e.strerror)  # fmt: skip
+            self.tun.name,
+            where.replace("_", " "),
+            e.strerror,
+        )
         log.error("wg: %s", message)
         self.stop()
         if self._on_fatal is not None:
@@ -359,4 +362,3 @@ class Engine:
             "udp_gso_sends": self.udp.gso_sends,
             "pid": os.getpid(),
         }
-

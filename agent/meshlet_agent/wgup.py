@@ -120,13 +120,14 @@ async def run(cfg: WgConfig, ifname: str, stop: "asyncio.Event | None" = None) -
     def on_fatal(message: str) -> None:
         fatal.append(message)
         stop.set()
+
     try:
         peers = peer_configs(cfg, udp.v6 is not None)
         tun = Tun.open(ifname)
         routes = [a for p in cfg.peers for a in p.allowed_ips]
         tun.configure(cfg.interface.addresses, cfg.mtu, routes)
         private = cfg.interface.private_key
-        device = Device(private, os.urandom, unix_ms(), now_ms(), mtu=cfg.mtu)
+        device = Device(private, os.urandom, unix_ms(), now_ms(), mtu=cfg.mtu, log=_core_log)
         for pc in peers:
             device.set_peer(pc)
         engine = Engine(device, private.public(), tun, udp, on_fatal=on_fatal)
@@ -152,6 +153,11 @@ async def run(cfg: WgConfig, ifname: str, stop: "asyncio.Event | None" = None) -
         udp.close()
     if fatal:
         raise WgUpError(fatal[0])
+
+
+def _core_log(fmt: str, *args: object) -> None:
+    """The core's injected logger: authenticated events only (so bounded), at debug level."""
+    logging.getLogger("meshlet_agent.core").debug(fmt, *args)
 
 
 def _on_signal(sig: int, stop: asyncio.Event) -> None:

@@ -1,5 +1,6 @@
-"""The `meshlet` CLI (agent/meshlet_agent/cli.py): parser, help, keys, `wg show` formatting, one-line errors."""
+"""The `meshlet` CLI (agent/meshlet_agent/cli.py): parser, help, keys, `wg show` layout, one-line errors."""
 
+import argparse
 import io
 import subprocess
 import sys
@@ -25,7 +26,13 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str], stdin: str = "") ->
 def test_parser_shapes() -> None:
     p = cli.build_parser()
     a = p.parse_args(["wg", "up", "/etc/wireguard/wg0.conf"])
-    assert (a.command, a.wg_command, a.config, a.ifname, a.verbose) == ("wg", "up", "/etc/wireguard/wg0.conf", None, False)
+    assert (a.command, a.wg_command, a.config, a.ifname, a.verbose) == (
+        "wg",
+        "up",
+        "/etc/wireguard/wg0.conf",
+        None,
+        False,
+    )
     a = p.parse_args(["wg", "up", "x.conf", "--ifname", "mesh0", "--foreground", "-v"])
     assert (a.ifname, a.foreground, a.verbose) == ("mesh0", True, True)
     a = p.parse_args(["wg", "show"])
@@ -44,7 +51,9 @@ def test_bad_command_lines_exit_2(argv: list[str], capsys: pytest.CaptureFixture
     assert "usage: meshlet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["wg", "--help"], ["wg", "up", "--help"], ["wg", "show", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["wg", "--help"], ["wg", "up", "--help"], ["wg", "show", "--help"]]
+)
 def test_help_renders_with_examples(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args(argv)
@@ -54,9 +63,15 @@ def test_help_renders_with_examples(argv: list[str], capsys: pytest.CaptureFixtu
     assert "example" in out
 
 
+def subparser(parser: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
 def test_up_help_teaches_the_config() -> None:
-    text = cli.build_parser()._subparsers._group_actions[0].choices["wg"]  # type: ignore[union-attr]
-    up_help = text._subparsers._group_actions[0].choices["up"].format_help()
+    up_help = subparser(cli.build_parser(), "wg", "up").format_help()
     for word in ("[Interface]", "PrivateKey", "[Peer]", "AllowedIPs", "SIGTERM", "meshlet wg show"):
         assert word in up_help
 
@@ -112,7 +127,9 @@ def test_up_bad_config_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Pa
 
 def test_up_bad_ifname(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "wg0.conf"
-    path.write_text("[Interface]\nPrivateKey = %s\n" % NodePrivate.generate(__import__("os").urandom).to_base64())
+    path.write_text(
+        "[Interface]\nPrivateKey = %s\n" % NodePrivate.generate(__import__("os").urandom).to_base64()
+    )
     code, _, err = run(["wg", "up", str(path), "--ifname", "a-name-far-too-long"], capsys)
     assert code == 1
     assert "Linux allows 1 to 15" in err and "--ifname" in err

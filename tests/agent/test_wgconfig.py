@@ -45,7 +45,11 @@ def test_full_config() -> None:
     i = cfg.interface
     assert i.private_key == PRIV
     assert i.listen_port == 51820
-    assert [format_prefix(a) for a in i.addresses] == ["100.64.0.1/32", "fd7a:115c:a1e0::1/128", "10.9.8.7/24"]
+    assert [format_prefix(a) for a in i.addresses] == [
+        "100.64.0.1/32",
+        "fd7a:115c:a1e0::1/128",
+        "10.9.8.7/24",
+    ]
     assert cfg.mtu == 1380
     assert len(cfg.peers) == 2
     p = cfg.peers[0]
@@ -69,9 +73,12 @@ def test_minimal_and_defaults() -> None:
 
 
 def test_case_insensitive_and_whitespace() -> None:
-    text = "  [interface]\n\tprivatekey=%s\nlistenport =  0\n[PEER]\npublickey= %s\nallowedips=100.64.0.2\n" % (
-        PRIV.to_base64(),
-        PEER.to_base64(),
+    text = (
+        "  [interface]\n\tprivatekey=%s\nlistenport =  0\n[PEER]\npublickey= %s\nallowedips=100.64.0.2\n"
+        % (
+            PRIV.to_base64(),
+            PEER.to_base64(),
+        )
     )
     cfg = parse_config(text)
     assert cfg.interface.listen_port == 0
@@ -89,7 +96,9 @@ def test_keepalive_off() -> None:
 
 def test_dns_is_ignored_with_a_note() -> None:
     cfg = parse_config(iface("DNS = 1.1.1.1, example.com"), "wg0.conf")
-    assert cfg.notes == ["wg0.conf: DNS = 1.1.1.1, example.com is ignored: meshlet does not change the system resolver"]
+    assert cfg.notes == [
+        "wg0.conf: DNS = 1.1.1.1, example.com is ignored: meshlet does not change the system resolver"
+    ]
 
 
 def test_crlf_line_endings() -> None:
@@ -132,15 +141,29 @@ ERRORS = [
     (iface() + peer("Endpoint = 1.2.3.4:http"), 5, "Endpoint", "port 'http'", "write it as"),
     (iface() + peer("Endpoint = 2001:db8::1:51820"), 5, "Endpoint", "needs brackets", "[2001:db8::1]:51820"),
     (iface() + peer("Endpoint = [2001:db8::1]51820"), 5, "Endpoint", "lacks `]:port`", "write it as"),
-    (iface() + peer("Endpoint = [nonsense]:1"), 5, "Endpoint", "not an IPv4 or IPv6 address", "[2001:db8::1]"),
-    (iface() + peer("Endpoint = bad_host!:1"), 5, "Endpoint", "neither an address nor a host name", "write it"),
+    (
+        iface() + peer("Endpoint = [nonsense]:1"),
+        5,
+        "Endpoint",
+        "not an IPv4 or IPv6 address",
+        "[2001:db8::1]",
+    ),
+    (
+        iface() + peer("Endpoint = bad_host!:1"),
+        5,
+        "Endpoint",
+        "neither an address nor a host name",
+        "write it",
+    ),
     (iface() + peer("AllowedIPs = 10.0.0.0/99"), 5, "AllowedIPs", "prefix length", "write it like"),
     (iface() + peer("PersistentKeepalive = often"), 5, "PersistentKeepalive", "whole number", "off"),
 ]
 
 
 @pytest.mark.parametrize("text,line,key,problem,fix", ERRORS, ids=[e[2] + ":" + e[3] for e in ERRORS])
-def test_error_names_place_key_problem_and_fix(text: str, line: int, key: str, problem: str, fix: str) -> None:
+def test_error_names_place_key_problem_and_fix(
+    text: str, line: int, key: str, problem: str, fix: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "wg0.conf")
     e = info.value

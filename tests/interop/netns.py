@@ -115,19 +115,23 @@ class Lab:
         self.ns = {"a": self.p + "a", "b": self.p + "b"}
         self.veth = {"a": self.p + "va", "b": self.p + "vb"}
         self.under = {"a": UNDER + ".1", "b": UNDER + ".2"}
+        self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="meshlet-lab-"))
         self.procs: list[Proc] = []
         self._wg_ifaces: list[str] = []
-        self._is_up = False
 
     # --- set-up and teardown -----------------------------------------------------------
 
     def up(self) -> "Lab":
-        self._is_up = True
         for side in "ab":
             _run(["ip", "netns", "add", self.ns[side]])
-        _run(["ip", "link", "add", self.veth["a"], "netns", self.ns["a"], "type", "veth",
-              "peer", "name", self.veth["b"], "netns", self.ns["b"]])  # fmt: skip
+        va, vb = self.veth["a"], self.veth["b"]
+        _run(
+            (
+                "ip link add %s netns %s type veth peer name %s netns %s"
+                % (va, self.ns["a"], vb, self.ns["b"])
+            ).split()
+        )
         for side in "ab":
             self.ip(side, "addr", "add", self.under[side] + "/24", "dev", self.veth[side])
             self.ip(side, "link", "set", "lo", "up")
@@ -144,7 +148,8 @@ class Lab:
                 os.unlink(os.path.join(WG_RUN_DIR, ifname + ".sock"))
             except FileNotFoundError:
                 pass
-        self._is_up = False
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "Lab":
         return self.up()
@@ -157,12 +162,16 @@ class Lab:
     def ip(self, side: str, *args: str) -> str:
         return _run(["ip", "-n", self.ns[side], *args])
 
-    def run(self, side: str, *args: str, timeout: float = 30, check: bool = True) -> "subprocess.CompletedProcess[str]":
+    def run(
+        self, side: str, *args: str, timeout: float = 30, check: bool = True
+    ) -> "subprocess.CompletedProcess[str]":
         res = subprocess.run(
             ["ip", "netns", "exec", self.ns[side], *args], capture_output=True, text=True, timeout=timeout
         )
         if check and res.returncode != 0:
-            raise RuntimeError("%s in %s failed (%d): %s%s" % (" ".join(args), side, res.returncode, res.stdout, res.stderr))
+            raise RuntimeError(
+                "%s in %s failed (%d): %s%s" % (" ".join(args), side, res.returncode, res.stdout, res.stderr)
+            )
         return res
 
     def spawn(self, side: str, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
@@ -180,16 +189,31 @@ class Lab:
         self.procs.append(proc)
         return proc
 
-    def ping(self, side: str, dst: str, count: int = 3, deadline_s: int = 10) -> "subprocess.CompletedProcess[str]":
-        return self.run(side, "ping", "-c", str(count), "-i", "0.2", "-w", str(deadline_s), dst,
-                        timeout=deadline_s + 5, check=False)  # fmt: skip
+    def ping(
+        self, side: str, dst: str, count: int = 3, deadline_s: int = 10
+    ) -> "subprocess.CompletedProcess[str]":
+        return self.run(
+            side,
+            "ping",
+            "-c",
+            str(count),
+            "-i",
+            "0.2",
+            "-w",
+            str(deadline_s),
+            dst,
+            timeout=deadline_s + 5,
+            check=False,
+        )
 
     # --- wireguard-go ------------------------------------------------------------------
 
     def wireguard_go(self, side: str, ifname: str) -> Proc:
         """Starts `wireguard-go -f IFNAME` and waits for its UAPI socket (lab pitfall)."""
         self._wg_ifaces.append(ifname)
-        proc = self.spawn(side, "wireguard-go-" + ifname, ["wireguard-go", "-f", ifname], env={"LOG_LEVEL": "error"})
+        proc = self.spawn(
+            side, "wireguard-go-" + ifname, ["wireguard-go", "-f", ifname], env={"LOG_LEVEL": "error"}
+        )
         sock = os.path.join(WG_RUN_DIR, ifname + ".sock")
         wait_for(lambda: os.path.exists(sock) or not proc.alive(), 10, "wireguard-go's socket " + sock)
         if not proc.alive():
@@ -216,7 +240,9 @@ def _run(cmd: list[str]) -> str:
 def genkey() -> tuple[str, str]:
     """A (private, public) pair in base64, from `wg genkey` / `wg pubkey`."""
     priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True).stdout.strip()
+    pub = subprocess.run(
+        ["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True
+    ).stdout.strip()
     return priv, pub
 
 

@@ -109,7 +109,9 @@ class Pair:
             lines.append("PresharedKey = " + psk)
         conf = lab.key_file(self.a_if + ".conf", "\n".join(lines))
         self.meshlet = lab.spawn(
-            "a", "meshlet", [sys.executable, "-m", "meshlet_agent", "wg", "up", conf, "--ifname", self.a_if, "-v"]
+            "a",
+            "meshlet",
+            [sys.executable, "-m", "meshlet_agent", "wg", "up", conf, "--ifname", self.a_if, "-v"],
         )
         sock = localapi.socket_path(self.a_if)
         netns.wait_for(
@@ -138,7 +140,12 @@ class Pair:
     def ping(self, side: str, dst: str, count: int = 3, deadline_s: int = 10) -> None:
         res = self.lab.ping(side, dst, count, deadline_s)
         assert res.returncode == 0, "ping %s -> %s failed:\n%s%s\n--- meshlet log ---\n%s" % (
-            side, dst, res.stdout, res.stderr, self.meshlet.log()[-4000:])  # fmt: skip
+            side,
+            dst,
+            res.stdout,
+            res.stderr,
+            self.meshlet.log()[-4000:],
+        )
 
 
 @pytest.fixture
@@ -151,7 +158,9 @@ def pair(netns_ok: None, tmp_path: Path) -> Iterator[Pair]:
         lab.down()
 
 
-def transfer(pair: Pair, sender: str, mbps: float = 0, during: Any = None, timeout_s: float = 60) -> dict[str, Any]:
+def transfer(
+    pair: Pair, sender: str, mbps: float = 0, during: Any = None, timeout_s: float = 60
+) -> dict[str, Any]:
     """Sends TRANSFER_BYTES over TCP through the tunnel; returns both ends' reports (sha256 must match)."""
     lab = pair.lab
     receiver = "b" if sender == "a" else "a"
@@ -161,8 +170,18 @@ def transfer(pair: Pair, sender: str, mbps: float = 0, during: Any = None, timeo
     result: dict[str, Any] = {}
 
     def send() -> None:
-        res = lab.run(sender, sys.executable, NETNS_PY, "send", dst, "5201", str(TRANSFER_BYTES), str(mbps),
-                      timeout=timeout_s, check=False)  # fmt: skip
+        res = lab.run(
+            sender,
+            sys.executable,
+            NETNS_PY,
+            "send",
+            dst,
+            "5201",
+            str(TRANSFER_BYTES),
+            str(mbps),
+            timeout=timeout_s,
+            check=False,
+        )
         result["send_rc"], result["send_out"] = res.returncode, res.stdout + res.stderr
 
     t = threading.Thread(target=send)
@@ -172,7 +191,9 @@ def transfer(pair: Pair, sender: str, mbps: float = 0, during: Any = None, timeo
     t.join(timeout_s + 5)
     recv.popen.wait(10)
     assert result.get("send_rc") == 0, "sender failed: %s\n--- meshlet log ---\n%s" % (
-        result.get("send_out"), pair.meshlet.log()[-4000:])  # fmt: skip
+        result.get("send_out"),
+        pair.meshlet.log()[-4000:],
+    )
     sent = json.loads(result["send_out"].strip().splitlines()[-1])
     got = json.loads(recv.log().strip().splitlines()[-1])
     assert got["bytes"] == sent["bytes"] == TRANSFER_BYTES
@@ -198,8 +219,12 @@ def test_meshlet_initiates(pair: Pair) -> None:
     assert "handshake completed" in pair.meshlet.log()
 
     # `meshlet wg show` speaks wg's format.
-    show = subprocess.run([sys.executable, "-m", "meshlet_agent", "wg", "show", pair.a_if],
-                          capture_output=True, text=True, timeout=20)  # fmt: skip
+    show = subprocess.run(
+        [sys.executable, "-m", "meshlet_agent", "wg", "show", pair.a_if],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert show.returncode == 0, show.stderr
     assert show.stdout.startswith("interface: %s\n  public key: %s\n" % (pair.a_if, pair.a_pub))
     assert "peer: %s\n  endpoint: %s:%d\n" % (pair.b_pub, pair.lab.under["b"], PORT) in show.stdout
@@ -259,7 +284,8 @@ def test_rekey_during_transfer(pair: Pair, sender: str) -> None:
         pair.lab.wg("b", "set", pair.b_if, "peer", pair.a_pub, "remove")
         pair.wg_set_peer(endpoint=True, keepalive=25)
 
-    transfer(pair, sender, mbps=40, during=rekey)  # paced: 20 MB takes about 4 s, rekey at 1.5 s
+    report = transfer(pair, sender, mbps=40, during=rekey)  # paced: 20 MB takes about 4 s, rekey at 1.5 s
+    assert report["sent"]["seconds"] > 2.0, "the transfer ended before the rekey: %r" % report
     assert pair.wg_latest_handshake() > 0  # a handshake after the re-add
     assert pair.status()["peers"][0]["latest_handshake_unix_ms"] > first
     log = pair.meshlet.log()
@@ -276,7 +302,9 @@ def _wait_drops(pair: Pair, reason: str, at_least: int, timeout_s: float) -> dic
         return d if d.get(reason, 0) >= at_least else None
 
     try:
-        result: dict[str, int] = netns.wait_for(enough, timeout_s, "%d drops for %s" % (at_least, reason), 0.2)
+        result: dict[str, int] = netns.wait_for(
+            enough, timeout_s, "%d drops for %s" % (at_least, reason), 0.2
+        )
     except TimeoutError:
         raise AssertionError("drops: %r\n%s" % (pair.dropped(), pair.meshlet.log()[-3000:])) from None
     return result
@@ -353,3 +381,18 @@ def test_roaming_endpoint(pair: Pair, change: str) -> None:
     log = pair.meshlet.log()
     assert "endpoint changed to " + new in log
     assert "Traceback" not in log
+
+
+# --- the interface under meshlet's feet ---------------------------------------------------
+
+
+def test_interface_deleted_exits_cleanly(pair: Pair) -> None:
+    """`ip link del` of meshlet's interface: one clear error line, exit status 1, nothing left behind."""
+    pair.start(meshlet_endpoint=True)
+    pair.ping("a", B_TUN, count=1)
+    pair.lab.ip("a", "link", "del", pair.a_if)
+    assert pair.meshlet.popen.wait(10) == 1
+    log = pair.meshlet.log()
+    assert log.rstrip().splitlines()[-1].startswith("meshlet: interface %s vanished" % pair.a_if), log[-2000:]
+    assert "Traceback" not in log
+    assert not Path(localapi.socket_path(pair.a_if)).exists()

@@ -77,7 +77,7 @@ def make_pair() -> tuple[Device, Device]:
 
 
 def run_round(a: Device, b: Device, packet: bytes, budget_s: float) -> dict[str, float]:
-    """Runs batches until the budget is spent; returns seconds spent encrypting and decrypting, and the count."""
+    """Runs batches until the budget is spent; returns the seconds spent in each direction and the count."""
     enc = dec = 0.0
     n = 0
     now = 2_000
@@ -111,7 +111,11 @@ def measure(seconds: float, size: int) -> dict[str, Any]:
     best_pair = max(r["packets"] / (r["enc_s"] + r["dec_s"]) for r in rounds)
 
     def row(pps: float) -> dict[str, float]:
-        return {"packets_per_s": round(pps), "mbit_per_s": round(pps * size * 8 / 1e6, 1), "us_per_packet": round(1e6 / pps, 2)}
+        return {
+            "packets_per_s": round(pps),
+            "mbit_per_s": round(pps * size * 8 / 1e6, 1),
+            "us_per_packet": round(1e6 / pps, 2),
+        }
 
     return {
         "packet_bytes": size,
@@ -157,12 +161,17 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print("meshlet.wg core, %d-byte packets, Python %s on %s (AEAD: %s)"
-              % (args.size, result["python"], result["machine"], result["aead_backend"]))  # fmt: skip
+        print(
+            "meshlet.wg core, %d-byte packets, Python %s on %s (AEAD: %s)"
+            % (args.size, result["python"], result["machine"], result["aead_backend"])
+        )
         print("%-22s %12s %10s %10s" % ("", "packets/s", "Mbit/s", "µs/packet"))
         for name in ("encrypt", "decrypt", "encrypt_plus_decrypt"):
             r = result[name]
-            print("%-22s %12d %10.1f %10.2f" % (name.replace("_", " "), r["packets_per_s"], r["mbit_per_s"], r["us_per_packet"]))
+            print(
+                "%-22s %12d %10.1f %10.2f"
+                % (name.replace("_", " "), r["packets_per_s"], r["mbit_per_s"], r["us_per_packet"])
+            )
     if args.profile:
         print(profile(args.size))
 

@@ -1,6 +1,7 @@
 """iperf3 TCP through meshlet's userspace WireGuard vs through wireguard-go, side by side.
 
-    .venv/bin/python tools/bench/wg_iperf.py [--seconds 10] [--rounds 3] [--direction both] [--json] [--profile]
+    .venv/bin/python tools/bench/wg_iperf.py [--seconds 10] [--rounds 3] [--direction both]
+                                             [--json] [--profile] [--meshlet-env NAME=VALUE]
 
 Needs root, wireguard-go, wg, iperf3 (shared/lab/README.md §2). One pair of
 namespaces, two tunnels over the same veth, built once:
@@ -80,8 +81,11 @@ class Bench:
         lab = self.lab
         keys = {n: netns.genkey() for n in ("ma", "mb", "ga", "gb")}
         # wireguard-go on both ends of the reference path, and on b's end of the meshlet path.
-        for side, name, peer, path in (("b", "mb", "ma", "meshlet"), ("a", "ga", "gb", "wireguard-go"),
-                                       ("b", "gb", "ga", "wireguard-go")):  # fmt: skip
+        for side, name, peer, path in (
+            ("b", "mb", "ma", "meshlet"),
+            ("a", "ga", "gb", "wireguard-go"),
+            ("b", "gb", "ga", "wireguard-go"),
+        ):
             ifname = lab.p + name
             self.procs[name] = lab.wireguard_go(side, ifname)
             mine, theirs, port = PATHS[path]
@@ -89,20 +93,47 @@ class Bench:
                 mine, theirs = theirs, mine
             other = "a" if side == "b" else "b"
             key = lab.key_file(name + ".key", keys[name][0])
-            lab.wg(side, "set", ifname, "private-key", key, "listen-port", str(port), "peer", keys[peer][1],
-                   "endpoint", "%s:%d" % (lab.under[other], port), "allowed-ips", theirs + "/32")  # fmt: skip
+            lab.wg(
+                side,
+                "set",
+                ifname,
+                "private-key",
+                key,
+                "listen-port",
+                str(port),
+                "peer",
+                keys[peer][1],
+                "endpoint",
+                "%s:%d" % (lab.under[other], port),
+                "allowed-ips",
+                theirs + "/32",
+            )
             lab.ip(side, "address", "add", mine + "/24", "dev", ifname)
             lab.ip(side, "link", "set", ifname, "mtu", "1420", "up")
         mine, theirs, port = PATHS["meshlet"]
-        conf = lab.key_file("ma.conf", "\n".join([
-            "[Interface]", "PrivateKey = " + keys["ma"][0], "ListenPort = %d" % port, "Address = %s/24" % mine,
-            "[Peer]", "PublicKey = " + keys["mb"][1], "Endpoint = %s:%d" % (lab.under["b"], port),
-            "AllowedIPs = %s/32" % theirs,
-        ]))  # fmt: skip
+        conf = lab.key_file(
+            "ma.conf",
+            "\n".join(
+                [
+                    "[Interface]",
+                    "PrivateKey = " + keys["ma"][0],
+                    "ListenPort = %d" % port,
+                    "Address = %s/24" % mine,
+                    "[Peer]",
+                    "PublicKey = " + keys["mb"][1],
+                    "Endpoint = %s:%d" % (lab.under["b"], port),
+                    "AllowedIPs = %s/32" % theirs,
+                ]
+            ),
+        )
         ifname = lab.p + "ma"
         prof = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
-        self.procs["ma"] = proc = lab.spawn("a", "meshlet", [sys.executable, *prof, "-m", "meshlet_agent", "wg", "up",
-                                                             conf, "--ifname", ifname], env=self.env)  # fmt: skip
+        self.procs["ma"] = proc = lab.spawn(
+            "a",
+            "meshlet",
+            [sys.executable, *prof, "-m", "meshlet_agent", "wg", "up", conf, "--ifname", ifname],
+            env=self.env,
+        )
         netns.wait_for(lambda: " up: " in proc.log() or not proc.alive(), 20, "meshlet to come up")
         if not proc.alive():
             raise SystemExit("meshlet did not start:\n" + proc.log())
@@ -111,19 +142,25 @@ class Bench:
             if res.returncode != 0:
                 raise SystemExit("no ping over the %s path:\n%s\n%s" % (path, res.stdout, proc.log()))
         for path, (_, theirs, _) in PATHS.items():
-            self.procs["iperf-" + path] = lab.spawn("b", "iperf3-" + path, ["iperf3", "-s", "-B", theirs,
-                                                                            "-p", str(IPERF_PORT)])  # fmt: skip
+            self.procs["iperf-" + path] = lab.spawn(
+                "b", "iperf3-" + path, ["iperf3", "-s", "-B", theirs, "-p", str(IPERF_PORT)]
+            )
         time.sleep(0.5)
 
     def iperf(self, path: str, seconds: int, reverse: bool) -> float:
         theirs = PATHS[path][1]
-        args = ["iperf3", "-c", theirs, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
+        args = ["iperf3", "-c", theirs, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"] + (
+            ["-R"] if reverse else []
+        )
         res = self.lab.run("a", "timeout", str(seconds + 20), *args, timeout=seconds + 30, check=False)
         try:
             end = json.loads(res.stdout)["end"]
             return float(end["sum_received"]["bits_per_second"]) / 1e6
         except (ValueError, KeyError) as e:
-            print("iperf3 over %s failed (%s): %s %s" % (path, e, res.stdout[-500:], res.stderr[-500:]), file=sys.stderr)
+            print(
+                "iperf3 over %s failed (%s): %s %s" % (path, e, res.stdout[-500:], res.stderr[-500:]),
+                file=sys.stderr,
+            )
             return 0.0
 
 
@@ -138,8 +175,9 @@ def wire_bytes(bench: Bench) -> dict[str, int]:
     return out
 
 
-def run(seconds: int, rounds: int, directions: list[str], quiet: bool, profile_to: str | None,
-        env: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+def run(
+    seconds: int, rounds: int, directions: list[str], quiet: bool, profile_to: str | None, env: dict[str, str]
+) -> dict[str, Any]:
     lab = netns.Lab(prefix="wgb%x" % (os.getpid() % 0xFFF))
     try:
         lab.up()
@@ -173,34 +211,49 @@ def run(seconds: int, rounds: int, directions: list[str], quiet: bool, profile_t
         summary["directions"][d] = {
             "runs_mbit_per_s": results[d],
             "median_mbit_per_s": med,
-            "ratio_meshlet_over_wireguard_go": round(med["meshlet"] / med["wireguard-go"], 3) if med["wireguard-go"] else None,
+            "ratio_meshlet_over_wireguard_go": round(med["meshlet"] / med["wireguard-go"], 3)
+            if med["wireguard-go"]
+            else None,
         }
     for name in pids:
         summary["processes"][name] = {
             "idle_rss_mib": round(idle[name]["VmRSS"], 1),
             "peak_rss_mib": round(after[name]["VmHWM"], 1),
             "cpu_s_under_load": round(after[name]["cpu_s"] - cpu_before[name], 1),
-            "cpu_ms_per_mib": round((after[name]["cpu_s"] - cpu_before[name]) * 1e3
-                                    / max((bytes_after[name] - bytes_before[name]) / (1 << 20), 1e-9), 2),
-        }  # fmt: skip
+            "cpu_ms_per_mib": round(
+                (after[name]["cpu_s"] - cpu_before[name])
+                * 1e3
+                / max((bytes_after[name] - bytes_before[name]) / (1 << 20), 1e-9),
+                2,
+            ),
+        }
     summary["meshlet_env"] = env
     summary["meshlet_counters"] = counters
-    summary["meshlet_warnings"] = [ln for ln in meshlet_log.splitlines() if " WARNING " in ln or "Traceback" in ln]
+    summary["meshlet_warnings"] = [
+        ln for ln in meshlet_log.splitlines() if " WARNING " in ln or "Traceback" in ln
+    ]
     return summary
 
 
 def print_table(s: dict[str, Any]) -> None:
-    print("iperf3 TCP, 1 stream, %d s x %d rounds per cell, same namespaces and veth" % (s["seconds"], s["rounds"]))
+    print(
+        "iperf3 TCP, 1 stream, %d s x %d rounds per cell, same namespaces and veth"
+        % (s["seconds"], s["rounds"])
+    )
     print("%-28s %12s %14s %8s" % ("direction", "meshlet", "wireguard-go", "ratio"))
     for d, r in s["directions"].items():
         label = "send (a->b, a encrypts)" if d == "send" else "recv (b->a, a decrypts)"
         med = r["median_mbit_per_s"]
-        print("%-28s %7.0f Mbit/s %7.0f Mbit/s %8.2f" % (label, med["meshlet"], med["wireguard-go"],
-                                                        r["ratio_meshlet_over_wireguard_go"] or 0))  # fmt: skip
+        print(
+            "%-28s %7.0f Mbit/s %7.0f Mbit/s %8.2f"
+            % (label, med["meshlet"], med["wireguard-go"], r["ratio_meshlet_over_wireguard_go"] or 0)
+        )
     print("%-28s %12s %14s %10s %14s" % ("a-side process", "idle RSS", "peak RSS", "CPU s", "CPU ms/MiB"))
     for name, p in s["processes"].items():
-        print("%-28s %8.1f MiB %10.1f MiB %10.1f %14.2f" % (name, p["idle_rss_mib"], p["peak_rss_mib"],
-                                                          p["cpu_s_under_load"], p["cpu_ms_per_mib"]))  # fmt: skip
+        print(
+            "%-28s %8.1f MiB %10.1f MiB %10.1f %14.2f"
+            % (name, p["idle_rss_mib"], p["peak_rss_mib"], p["cpu_s_under_load"], p["cpu_ms_per_mib"])
+        )
     if s["meshlet_env"]:
         print("meshlet environment: " + " ".join("%s=%s" % kv for kv in s["meshlet_env"].items()))
     for line in s["meshlet_warnings"]:
@@ -213,24 +266,37 @@ def print_profile(path: str, packets: int, top: int = 25) -> None:
     st = pstats.Stats(path)
     rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
     total = sum(v[2] for _, v in rows)
-    print("\nmeshlet profile: %d IP packets through the TUN; %.2f µs of profiled CPU per packet" % (
-        packets, total * 1e6 / max(packets, 1)))  # fmt: skip
+    print(
+        "\nmeshlet profile: %d IP packets through the TUN; %.2f µs of profiled CPU per packet"
+        % (packets, total * 1e6 / max(packets, 1))
+    )
     print("%10s %10s %9s  %s" % ("self µs/pkt", "cum µs/pkt", "calls/pkt", "function"))
     for (file, line, func), (_cc, nc, tt, ct, _callers) in rows[:top]:
         where = "%s:%d(%s)" % (os.path.relpath(file, ROOT) if file.startswith("/") else file, line, func)
-        print("%10.2f %10.2f %9.2f  %s" % (tt * 1e6 / max(packets, 1), ct * 1e6 / max(packets, 1),
-                                           nc / max(packets, 1), where))  # fmt: skip
+        print(
+            "%10.2f %10.2f %9.2f  %s"
+            % (tt * 1e6 / max(packets, 1), ct * 1e6 / max(packets, 1), nc / max(packets, 1), where)
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=10, help="length of each iperf3 run (default 10)")
-    ap.add_argument("--rounds", type=int, default=3, help="runs per path and direction; medians reported (default 3)")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="runs per path and direction; medians reported (default 3)"
+    )
     ap.add_argument("--direction", choices=["send", "recv", "both"], default="both")
     ap.add_argument("--json", action="store_true", help="print JSON (progress still goes to stderr)")
-    ap.add_argument("--profile", action="store_true", help="run meshlet under cProfile and print where time goes")
-    ap.add_argument("--meshlet-env", action="append", default=[], metavar="NAME=VALUE",
-                    help="environment for meshlet, e.g. MESHLET_WG_GSO=0 (repeatable)")  # fmt: skip
+    ap.add_argument(
+        "--profile", action="store_true", help="run meshlet under cProfile and print where time goes"
+    )
+    ap.add_argument(
+        "--meshlet-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for meshlet, e.g. MESHLET_WG_GSO=0 (repeatable)",
+    )
     args = ap.parse_args()
     reason = netns.requirements_missing()
     if reason is None:
