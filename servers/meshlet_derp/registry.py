@@ -210,11 +210,11 @@ class Registry:
 
     # -- routing ---------------------------------------------------------------------
 
-    def route(self, sender: Client, dst: NodePublic, data: bytes) -> None:
-        """SendPacket from `sender` to `dst`."""
+    def route(self, sender: Client, dst: NodePublic, data: bytes, disco: bool | None = None) -> None:
+        """SendPacket from `sender` to `dst`; `disco` is looks_like_disco(data) if the caller knows it."""
         s = self._sets.get(dst)
         if s is not None and s.active is not None:
-            self._deliver(s.active, sender.key, data)
+            self._deliver(s.active, sender.key, data, disco)
             return
         if s is None:
             fwds = self._forwarders.get(dst)
@@ -240,14 +240,14 @@ class Registry:
         else:
             self.metrics.drop("dup_client", data)
 
-    def _deliver(self, dst: Client, src: NodePublic, data: bytes) -> None:
+    def _deliver(self, dst: Client, src: NodePublic, data: bytes, disco: bool | None = None) -> None:
         saw = self._saw.get(dst)
         if saw is None:
             saw = self._saw[dst] = set()
         if src not in saw:
             saw.add(src)
             self._gone_watchers.setdefault(src, set()).add(dst)
-        dst.send_packet(src, data, looks_like_disco(data))
+        dst.send_packet(src, data, looks_like_disco(data) if disco is None else disco)
 
     def _not_here_maybe(self, sender: Client, dst: NodePublic, data: bytes) -> None:
         if not looks_like_disco(data):
