@@ -3,6 +3,7 @@
 from meshlet.control import base
 from meshlet.errors import CryptoError, LocalProtocolError, RemoteProtocolError
 from meshlet.key import MachinePrivate, MachinePublic
+from meshlet_testing.raises import raises
 from meshlet_testing.vectors import cases, unhex
 
 _V = cases("ts2021")[0]
@@ -13,15 +14,6 @@ _MACHINE_EPH = MachinePrivate(unhex(_V["machine_ephemeral_priv"]))
 _CONTROL = MachinePrivate(unhex(_V["control_static_priv"]))
 _CONTROL_EPH = MachinePrivate(unhex(_V["control_ephemeral_priv"]))
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def _raises(cls, reason, fn, *args):
-    try:
-        fn(*args)
-    except cls as e:
-        assert e.reason == reason, (e.reason, reason)
-        return e
-    raise AssertionError("expected %s(%r)" % (cls.__name__, reason))
 
 
 def _client():
@@ -96,7 +88,7 @@ def test_response_arrives_byte_at_a_time():
         assert hs.receive_response(response[i : i + 1]) is None
     conn = hs.receive_response(response[-1:])
     assert conn is not None and conn.handshake_hash == unhex(_V["handshake_hash"])
-    _raises(LocalProtocolError, "out_of_order", hs.receive_response, b"")
+    raises(LocalProtocolError, "out_of_order", hs.receive_response, b"")
 
 
 def test_bytes_after_the_response_go_into_the_conn():
@@ -115,43 +107,43 @@ def test_server_error_message_reaches_the_client():
     assert msg[:3] == b"\x03\x00\x21"
     hs = _client()
     assert hs.receive_response(msg[:10]) is None
-    e = _raises(RemoteProtocolError, "server_error", hs.receive_response, msg[10:])
+    e = raises(RemoteProtocolError, "server_error", hs.receive_response, msg[10:])
     assert e.detail == "unexpected handshake message type"
     assert len(base.build_error("x" * 70000)) == 3 + 65535
 
 
 def test_response_of_the_wrong_type_or_length():
     response = unhex(_V["response"])
-    _raises(RemoteProtocolError, "bad_type", _client().receive_response, b"\x04" + response[1:])
-    _raises(RemoteProtocolError, "bad_length", _client().receive_response, b"\x02\x00\x31")
+    raises(RemoteProtocolError, "bad_type", _client().receive_response, b"\x04" + response[1:])
+    raises(RemoteProtocolError, "bad_length", _client().receive_response, b"\x02\x00\x31")
     bad = bytearray(response)
     bad[-1] ^= 1
-    _raises(CryptoError, "bad_tag", _client().receive_response, bytes(bad))
+    raises(CryptoError, "bad_tag", _client().receive_response, bytes(bad))
 
 
 def test_bad_initiations_are_refused_with_tailscales_texts():
     init = unhex(_V["initiation"])
-    e = _raises(RemoteProtocolError, "bad_length", _accept, init[:100])
+    e = raises(RemoteProtocolError, "bad_length", _accept, init[:100])
     assert e.detail == "wrong handshake initiation size"
-    e = _raises(RemoteProtocolError, "bad_type", _accept, init[:2] + b"\x02" + init[3:])
+    e = raises(RemoteProtocolError, "bad_type", _accept, init[:2] + b"\x02" + init[3:])
     assert e.detail == "unexpected handshake message type"
-    e = _raises(RemoteProtocolError, "bad_length", _accept, init[:4] + b"\x61" + init[5:])
+    e = raises(RemoteProtocolError, "bad_length", _accept, init[:4] + b"\x61" + init[5:])
     assert e.detail == "wrong handshake initiation length"
 
 
 def test_tampered_initiation_or_version_fails_authentication():
     init = bytearray(unhex(_V["initiation"]))
     init[60] ^= 1  # the encrypted machine key
-    _raises(CryptoError, "bad_tag", _accept, bytes(init))
+    raises(CryptoError, "bad_tag", _accept, bytes(init))
     # The version is bound through the prologue: claiming 131 breaks the first tag.
     init = unhex(_V["initiation"])
-    _raises(CryptoError, "bad_tag", _accept, b"\x00\x83" + init[2:])
+    raises(CryptoError, "bad_tag", _accept, b"\x00\x83" + init[2:])
 
 
 def test_handshake_header_must_be_canonical_base64():
-    _raises(RemoteProtocolError, "bad_base64", base.decode_handshake_header, "AAA")
-    _raises(RemoteProtocolError, "bad_base64", base.decode_handshake_header, _V["handshake_header"] + "\n")
-    _raises(RemoteProtocolError, "bad_base64", base.decode_handshake_header, "AB==")  # non-zero padding bits
+    raises(RemoteProtocolError, "bad_base64", base.decode_handshake_header, "AAA")
+    raises(RemoteProtocolError, "bad_base64", base.decode_handshake_header, _V["handshake_header"] + "\n")
+    raises(RemoteProtocolError, "bad_base64", base.decode_handshake_header, "AB==")  # non-zero padding bits
 
 
 def test_writes_split_at_4077_bytes():
@@ -180,17 +172,17 @@ def test_empty_write_sends_nothing_and_empty_record_is_accepted():
 def test_oversize_record_is_rejected_on_its_header():
     _, server = _pair()
     # 3 + 4094 = 4097 bytes declared; refused before any of them arrive.
-    _raises(RemoteProtocolError, "record_too_large", server.receive_data, b"\x04\x0f\xfe")
+    raises(RemoteProtocolError, "record_too_large", server.receive_data, b"\x04\x0f\xfe")
     assert server.is_dead()
-    _raises(LocalProtocolError, "conn_dead", server.receive_data, b"\x00")
+    raises(LocalProtocolError, "conn_dead", server.receive_data, b"\x00")
     _, server = _pair()
     server.receive_data(b"\x04")
-    _raises(RemoteProtocolError, "record_too_large", server.receive_data, b"\xff\xff")
+    raises(RemoteProtocolError, "record_too_large", server.receive_data, b"\xff\xff")
 
 
 def test_non_record_type_is_rejected():
     _, server = _pair()
-    _raises(RemoteProtocolError, "bad_type", server.receive_data, b"\x02\x00\x30")
+    raises(RemoteProtocolError, "bad_type", server.receive_data, b"\x02\x00\x30")
 
 
 def test_tampered_record_kills_the_conn():
@@ -198,16 +190,16 @@ def test_tampered_record_kills_the_conn():
     good = client.send(b"hello")
     bad = bytearray(good)
     bad[5] ^= 1
-    _raises(CryptoError, "bad_tag", server.receive_data, bytes(bad))
+    raises(CryptoError, "bad_tag", server.receive_data, bytes(bad))
     assert server.is_dead()
-    _raises(LocalProtocolError, "conn_dead", server.receive_data, good)
-    _raises(LocalProtocolError, "conn_dead", server.read)
-    _raises(LocalProtocolError, "conn_dead", server.send, b"reply")
+    raises(LocalProtocolError, "conn_dead", server.receive_data, good)
+    raises(LocalProtocolError, "conn_dead", server.read)
+    raises(LocalProtocolError, "conn_dead", server.send, b"reply")
 
 
 def test_record_shorter_than_a_tag_is_a_forgery():
     _, server = _pair()
-    _raises(CryptoError, "bad_tag", server.receive_data, b"\x04\x00\x05" + bytes(5))
+    raises(CryptoError, "bad_tag", server.receive_data, b"\x04\x00\x05" + bytes(5))
 
 
 def test_byte_at_a_time_equals_all_at_once():
@@ -236,10 +228,10 @@ def test_end_of_stream():
     server.receive_data(record)
     server.receive_data(b"")
     assert server.eof and server.read() == b"bye"
-    _raises(LocalProtocolError, "out_of_order", server.receive_data, b"more")
+    raises(LocalProtocolError, "out_of_order", server.receive_data, b"more")
     _, server = _pair()
     server.receive_data(record[:5])
-    _raises(RemoteProtocolError, "truncated", server.receive_data, b"")
+    raises(RemoteProtocolError, "truncated", server.receive_data, b"")
 
 
 def test_send_stops_at_the_last_nonce():
@@ -248,8 +240,8 @@ def test_send_stops_at_the_last_nonce():
     server.receive_cipher.set_nonce(0xFFFFFFFFFFFFFFFE)
     server.receive_data(client.send(b"last"))
     assert server.read() == b"last"
-    _raises(LocalProtocolError, "nonce_exhausted", client.send, b"one more")
-    _raises(LocalProtocolError, "conn_dead", client.send, b"")
+    raises(LocalProtocolError, "nonce_exhausted", client.send, b"one more")
+    raises(LocalProtocolError, "conn_dead", client.send, b"")
 
 
 def test_early_payload_round_trip():
@@ -273,4 +265,4 @@ def test_no_early_payload_hands_every_byte_to_http2():
 
 def test_early_payload_over_10_mib_is_refused():
     header = b"\xff\xff\xffTS" + (10 * 1024 * 1024 + 1).to_bytes(4, "big")
-    _raises(RemoteProtocolError, "early_payload_too_large", base.split_early_payload, header)
+    raises(RemoteProtocolError, "early_payload_too_large", base.split_early_payload, header)

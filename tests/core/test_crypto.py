@@ -8,6 +8,7 @@ tests/vectors/crypto.json and wireguard_kdf.json, each naming its source.
 from meshlet import crypto
 from meshlet._compat import TYPE_CHECKING
 from meshlet.errors import CryptoError, LocalProtocolError, ProtocolError
+from meshlet_testing.raises import raises
 from meshlet_testing.vectors import cases, unhex
 
 if TYPE_CHECKING:
@@ -41,16 +42,6 @@ def _kind(kind: str) -> "list[dict[str, str]]":
     return got
 
 
-def _raises(cls: "type[ProtocolError]", reason: str, fn: "Callable[..., object]", *args: object) -> None:
-    """Asserts that fn(*args) raises `cls` with the given `reason`."""
-    try:
-        fn(*args)
-    except cls as e:
-        assert e.reason == reason, e.reason
-        return
-    raise AssertionError("expected %s(%s)" % (cls.__name__, reason))
-
-
 def _flip(b: bytes, i: int) -> bytes:
     out = bytearray(b)
     out[i] ^= 0x01
@@ -80,13 +71,13 @@ def test_x25519_accepts_bytearray_and_memoryview() -> None:
 
 def test_x25519_low_order_point() -> None:
     for u in _LOW_ORDER_U:
-        _raises(CryptoError, "low_order_point", crypto.x25519, _KEY, u)
+        raises(CryptoError, "low_order_point", crypto.x25519, _KEY, u)
 
 
 def test_x25519_bad_length() -> None:
-    _raises(LocalProtocolError, "bad_length", crypto.x25519, bytes(31), _KEY)
-    _raises(LocalProtocolError, "bad_length", crypto.x25519, _KEY, bytes(33))
-    _raises(LocalProtocolError, "bad_length", crypto.x25519_base, b"")
+    raises(LocalProtocolError, "bad_length", crypto.x25519, bytes(31), _KEY)
+    raises(LocalProtocolError, "bad_length", crypto.x25519, _KEY, bytes(33))
+    raises(LocalProtocolError, "bad_length", crypto.x25519_base, b"")
 
 
 # --- ChaCha20-Poly1305 and XChaCha20-Poly1305 ----------------------------------
@@ -106,14 +97,14 @@ def _check_aead_tamper(kind: str, open_: "_Fn") -> None:
     v = _kind(kind)[0]
     key, nonce, ad, sealed = unhex(v["key"]), unhex(v["nonce"]), unhex(v["ad"]), unhex(v["sealed"])
     for i in (0, len(sealed) // 2, len(sealed) - 17, len(sealed) - 16, len(sealed) - 1):
-        _raises(CryptoError, "bad_tag", open_, key, nonce, _flip(sealed, i), ad)
-    _raises(CryptoError, "bad_tag", open_, key, nonce, sealed, _flip(ad, 0))
-    _raises(CryptoError, "bad_tag", open_, key, nonce, sealed, ad + b"\x00")
-    _raises(CryptoError, "bad_tag", open_, key, _flip(nonce, len(nonce) - 1), sealed, ad)
-    _raises(CryptoError, "bad_tag", open_, _flip(key, 31), nonce, sealed, ad)
-    _raises(CryptoError, "bad_tag", open_, key, nonce, sealed[:-1], ad)
-    _raises(CryptoError, "bad_tag", open_, key, nonce, sealed[:15], ad)
-    _raises(CryptoError, "bad_tag", open_, key, nonce, b"", ad)
+        raises(CryptoError, "bad_tag", open_, key, nonce, _flip(sealed, i), ad)
+    raises(CryptoError, "bad_tag", open_, key, nonce, sealed, _flip(ad, 0))
+    raises(CryptoError, "bad_tag", open_, key, nonce, sealed, ad + b"\x00")
+    raises(CryptoError, "bad_tag", open_, key, _flip(nonce, len(nonce) - 1), sealed, ad)
+    raises(CryptoError, "bad_tag", open_, _flip(key, 31), nonce, sealed, ad)
+    raises(CryptoError, "bad_tag", open_, key, nonce, sealed[:-1], ad)
+    raises(CryptoError, "bad_tag", open_, key, nonce, sealed[:15], ad)
+    raises(CryptoError, "bad_tag", open_, key, nonce, b"", ad)
 
 
 def _check_aead_roundtrip(nonce: bytes, seal: "_Fn", open_: "_Fn") -> None:
@@ -138,10 +129,10 @@ def test_aead_roundtrip_lengths() -> None:
 
 
 def test_aead_bad_length() -> None:
-    _raises(LocalProtocolError, "bad_length", crypto.aead_seal, bytes(31), _NONCE12, b"", b"")
-    _raises(LocalProtocolError, "bad_length", crypto.aead_seal, _KEY, bytes(8), b"", b"")
-    _raises(LocalProtocolError, "bad_length", crypto.aead_open, _KEY, _NONCE24, bytes(16), b"")
-    _raises(LocalProtocolError, "bad_length", crypto.aead_open, bytes(33), _NONCE12, bytes(16), b"")
+    raises(LocalProtocolError, "bad_length", crypto.aead_seal, bytes(31), _NONCE12, b"", b"")
+    raises(LocalProtocolError, "bad_length", crypto.aead_seal, _KEY, bytes(8), b"", b"")
+    raises(LocalProtocolError, "bad_length", crypto.aead_open, _KEY, _NONCE24, bytes(16), b"")
+    raises(LocalProtocolError, "bad_length", crypto.aead_open, bytes(33), _NONCE12, bytes(16), b"")
 
 
 def test_xaead_draft_xchacha_vector() -> None:
@@ -157,9 +148,9 @@ def test_xaead_roundtrip_lengths() -> None:
 
 
 def test_xaead_bad_length() -> None:
-    _raises(LocalProtocolError, "bad_length", crypto.xaead_seal, _KEY, _NONCE12, b"", b"")
-    _raises(LocalProtocolError, "bad_length", crypto.xaead_seal, bytes(16), _NONCE24, b"", b"")
-    _raises(LocalProtocolError, "bad_length", crypto.xaead_open, _KEY, bytes(23), bytes(16), b"")
+    raises(LocalProtocolError, "bad_length", crypto.xaead_seal, _KEY, _NONCE12, b"", b"")
+    raises(LocalProtocolError, "bad_length", crypto.xaead_seal, bytes(16), _NONCE24, b"", b"")
+    raises(LocalProtocolError, "bad_length", crypto.xaead_open, _KEY, bytes(23), bytes(16), b"")
 
 
 # --- BLAKE2s, HMAC-BLAKE2s, HKDF ------------------------------------------------
@@ -180,9 +171,9 @@ def test_blake2s_defaults_and_buffers() -> None:
 
 
 def test_blake2s_bad_length() -> None:
-    _raises(LocalProtocolError, "bad_length", crypto.blake2s, b"", bytes(33))
-    _raises(LocalProtocolError, "bad_length", crypto.blake2s, b"", b"", 0)
-    _raises(LocalProtocolError, "bad_length", crypto.blake2s, b"", b"", 33)
+    raises(LocalProtocolError, "bad_length", crypto.blake2s, b"", bytes(33))
+    raises(LocalProtocolError, "bad_length", crypto.blake2s, b"", b"", 0)
+    raises(LocalProtocolError, "bad_length", crypto.blake2s, b"", b"", 33)
 
 
 def test_hmac_blake2s_vectors() -> None:
@@ -218,8 +209,8 @@ def test_box_beforenm_and_box_vectors() -> None:
 
 
 def test_box_low_order_point() -> None:
-    _raises(CryptoError, "low_order_point", crypto.box_beforenm, bytes(32), _KEY)
-    _raises(CryptoError, "low_order_point", crypto.box_seal, _KEY, _LOW_ORDER_U[5], _NONCE24, b"hi")
+    raises(CryptoError, "low_order_point", crypto.box_beforenm, bytes(32), _KEY)
+    raises(CryptoError, "low_order_point", crypto.box_seal, _KEY, _LOW_ORDER_U[5], _NONCE24, b"hi")
 
 
 def test_secretbox_vectors() -> None:
@@ -235,11 +226,11 @@ def test_secretbox_tamper_is_bad_tag() -> None:
     v = _kind("secretbox")[1]
     key, nonce, sealed = unhex(v["key"]), unhex(v["nonce"]), unhex(v["sealed"])
     for i in (0, 15, 16, len(sealed) - 1):
-        _raises(CryptoError, "bad_tag", crypto.secretbox_open, key, nonce, _flip(sealed, i))
-    _raises(CryptoError, "bad_tag", crypto.secretbox_open, key, _flip(nonce, 23), sealed)
-    _raises(CryptoError, "bad_tag", crypto.secretbox_open, key, nonce, sealed[:-1])
-    _raises(CryptoError, "bad_tag", crypto.secretbox_open, key, nonce, sealed[:15])
-    _raises(CryptoError, "bad_tag", crypto.box_open, _KEY, crypto.x25519_base(_KEY), nonce, sealed)
+        raises(CryptoError, "bad_tag", crypto.secretbox_open, key, nonce, _flip(sealed, i))
+    raises(CryptoError, "bad_tag", crypto.secretbox_open, key, _flip(nonce, 23), sealed)
+    raises(CryptoError, "bad_tag", crypto.secretbox_open, key, nonce, sealed[:-1])
+    raises(CryptoError, "bad_tag", crypto.secretbox_open, key, nonce, sealed[:15])
+    raises(CryptoError, "bad_tag", crypto.box_open, _KEY, crypto.x25519_base(_KEY), nonce, sealed)
 
 
 def test_secretbox_roundtrip_lengths() -> None:
@@ -251,9 +242,9 @@ def test_secretbox_roundtrip_lengths() -> None:
 
 
 def test_secretbox_bad_length() -> None:
-    _raises(LocalProtocolError, "bad_length", crypto.secretbox_seal, bytes(31), _NONCE24, b"")
-    _raises(LocalProtocolError, "bad_length", crypto.secretbox_seal, _KEY, _NONCE12, b"")
-    _raises(LocalProtocolError, "bad_length", crypto.secretbox_open, _KEY, bytes(25), bytes(16))
+    raises(LocalProtocolError, "bad_length", crypto.secretbox_seal, bytes(31), _NONCE24, b"")
+    raises(LocalProtocolError, "bad_length", crypto.secretbox_seal, _KEY, _NONCE12, b"")
+    raises(LocalProtocolError, "bad_length", crypto.secretbox_open, _KEY, bytes(25), bytes(16))
 
 
 def test_aead_cipher_binds_a_key_for_many_packets():

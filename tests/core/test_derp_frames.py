@@ -5,6 +5,7 @@ from meshlet.derp import frames, login
 from meshlet.errors import CryptoError, LocalProtocolError, RemoteProtocolError
 from meshlet.key import NodePrivate, NodePublic
 from meshlet.wire import parse_ip
+from meshlet_testing.raises import raises
 from meshlet_testing.vectors import load, unhex
 
 _DOC = load("derp")
@@ -12,24 +13,6 @@ _CI = _DOC["client_info"]
 _SI = _DOC["server_info"]
 _CLIENT = NodePrivate(unhex(_CI["client_private"]))
 _SERVER = NodePrivate(unhex(_CI["server_private"]))
-
-
-def _raises(reason, fn, *args):
-    try:
-        fn(*args)
-    except RemoteProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return e
-    raise AssertionError("expected RemoteProtocolError(%r)" % reason)
-
-
-def _raises_local(reason, fn, *args):
-    try:
-        fn(*args)
-    except LocalProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected LocalProtocolError(%r)" % reason)
 
 
 def _key(v, name="key"):
@@ -153,14 +136,14 @@ def test_vectors_parse():
 def test_header_codec():
     assert frames.encode_header(frames.FRAME_SEND_PACKET, 0x01020304) == b"\x04\x01\x02\x03\x04"
     assert frames.parse_header(b"\x15\x00\x00\x00\x08rest") == (frames.FRAME_RESTARTING, 8)
-    _raises("short", frames.parse_header, b"\x15\x00\x00\x00")
+    raises(RemoteProtocolError, "short", frames.parse_header, b"\x15\x00\x00\x00")
     assert frames.encode_frame(0xFF, b"xy") == b"\xff\x00\x00\x00\x02xy"
 
 
 def test_decode_frame_wants_exactly_one_frame():
     data = unhex(_DOC["frames"][0]["bytes"])
-    _raises("short", frames.decode_frame, data[:-1])
-    _raises("trailing", frames.decode_frame, data + b"\x06")
+    raises(RemoteProtocolError, "short", frames.decode_frame, data[:-1])
+    raises(RemoteProtocolError, "trailing", frames.decode_frame, data + b"\x06")
 
 
 # --- the login boxes ---
@@ -215,20 +198,20 @@ def test_client_info_bad_json_is_rejected():
         b'{"meshKey":"' + b"ab " * 16 + b"ab" * 8 + b'"}',  # 64 characters, 24 bytes
         b'{"version":99999999999999999999}',
     ):
-        _raises("bad_json", login.parse_client_info, _client_info_payload(text), _SERVER)
+        raises(RemoteProtocolError, "bad_json", login.parse_client_info, _client_info_payload(text), _SERVER)
 
 
 def test_client_info_box_failures():
     payload = _client_info_payload(b'{"version":2}')
     bad = bytearray(payload)
     bad[-1] ^= 1
-    e = _raises("bad_tag", login.parse_client_info, bytes(bad), _SERVER)
+    e = raises(RemoteProtocolError, "bad_tag", login.parse_client_info, bytes(bad), _SERVER)
     assert isinstance(e, CryptoError)
     other = NodePrivate(bytes(range(32)))
-    _raises("bad_tag", login.parse_client_info, payload, other)
-    _raises("bad_tag", login.parse_client_info, payload[: 56 + 15], _SERVER)
-    _raises("short", login.parse_client_info, payload[:55], _SERVER)
-    _raises("frame_too_large", login.parse_client_info, bytes(login.MAX_CLIENT_INFO_LEN + 1), _SERVER)
+    raises(RemoteProtocolError, "bad_tag", login.parse_client_info, payload, other)
+    raises(RemoteProtocolError, "bad_tag", login.parse_client_info, payload[: 56 + 15], _SERVER)
+    raises(RemoteProtocolError, "short", login.parse_client_info, payload[:55], _SERVER)
+    raises(RemoteProtocolError, "frame_too_large", login.parse_client_info, bytes(login.MAX_CLIENT_INFO_LEN + 1), _SERVER)
 
 
 def test_build_client_info_encodes_like_go():
@@ -241,11 +224,11 @@ def test_build_client_info_encodes_like_go():
     assert got == ('{"meshKey":"%s","version":2,"CanAckPings":false,"IsProber":true}' % mesh.lower()).encode()
     assert plaintext({}) == b'{"CanAckPings":false}'
     assert plaintext({"meshKey": "00" * 32, "version": 0}) == b'{"CanAckPings":false}'  # omitzero, omitempty
-    _raises_local("bad_info", plaintext, {"Version": 2})
-    _raises_local("bad_info", plaintext, {"version": "2"})
-    _raises_local("bad_info", plaintext, {"version": True})
-    _raises_local("bad_info", plaintext, {"CanAckPings": 1})
-    _raises_local("bad_info", plaintext, {"meshKey": "xy" * 32})
+    raises(LocalProtocolError, "bad_info", plaintext, {"Version": 2})
+    raises(LocalProtocolError, "bad_info", plaintext, {"version": "2"})
+    raises(LocalProtocolError, "bad_info", plaintext, {"version": True})
+    raises(LocalProtocolError, "bad_info", plaintext, {"CanAckPings": 1})
+    raises(LocalProtocolError, "bad_info", plaintext, {"meshKey": "xy" * 32})
 
 
 def test_server_info_round_trip():
@@ -259,8 +242,8 @@ def test_server_info_round_trip():
     limited = {"version": 2, "TokenBucketBytesPerSecond": 100000, "TokenBucketBytesBurst": 200000}
     payload = frames.decode_frame(login.build_server_info(_SERVER, _CLIENT.public(), nonce, limited))[1]
     assert login.parse_server_info(payload, _CLIENT, _SERVER.public()) == limited
-    _raises("short", login.parse_server_info, nonce[:23], _CLIENT, _SERVER.public())
-    _raises("bad_tag", login.parse_server_info, payload, _CLIENT, _CLIENT.public())
+    raises(RemoteProtocolError, "short", login.parse_server_info, nonce[:23], _CLIENT, _SERVER.public())
+    raises(RemoteProtocolError, "bad_tag", login.parse_server_info, payload, _CLIENT, _CLIENT.public())
 
 
 # --- the stream reader ---
@@ -299,13 +282,13 @@ def test_reader_refuses_an_oversized_length_before_the_payload():
     reader.feed(b"\x04\x00\x00")
     assert reader.next_frame() is None
     reader.feed(b"\x00\x65")  # 101: only the header has arrived
-    _raises("frame_too_large", reader.next_frame)
-    _raises("frame_too_large", reader.next_frame)  # the stream stays dead
+    raises(RemoteProtocolError, "frame_too_large", reader.next_frame)
+    raises(RemoteProtocolError, "frame_too_large", reader.next_frame)  # the stream stays dead
     reader.feed(bytes(101))
     assert reader.buffered() == 0
     huge = frames.FrameReader()
     huge.feed(b"\x05\xff\xff\xff\xff")
-    _raises("frame_too_large", huge.next_frame)
+    raises(RemoteProtocolError, "frame_too_large", huge.next_frame)
 
 
 def test_reader_truncation():
@@ -314,18 +297,18 @@ def test_reader_truncation():
     reader.feed(data[:-1])
     assert reader.next_frame() is None
     assert reader.buffered() == len(data) - 1
-    _raises("truncated", reader.feed_eof)
+    raises(RemoteProtocolError, "truncated", reader.feed_eof)
     reader.feed(data[-1:])
     assert reader.next_frame() == (data[0], data[5:])
     reader.feed_eof()
     reader.feed(b"\x06\x00")
-    _raises("truncated", reader.feed_eof)
+    raises(RemoteProtocolError, "truncated", reader.feed_eof)
 
 
 def test_reader_must_be_drained_before_more_is_fed():
     reader = frames.FrameReader(max_frame_len=10)
     reader.feed(frames.encode_frame(1, bytes(10)) + frames.encode_frame(2, bytes(10)))
-    _raises_local("not_drained", reader.feed, b"x")
+    raises(LocalProtocolError, "not_drained", reader.feed, b"x")
     assert reader.next_frame() == (1, bytes(10))
     reader.feed(b"\x06\x00\x00\x00\x00")
     assert _drain(reader) == [(2, bytes(10)), (6, b"")]
@@ -346,49 +329,49 @@ class _Huge:
 
 
 def test_writer_limits():
-    _raises_local("frame_too_large", frames.encode_frame, 4, _Huge())
+    raises(LocalProtocolError, "frame_too_large", frames.encode_frame, 4, _Huge())
     key = NodePublic(bytes(32))
     big = bytes(frames.MAX_PACKET_SIZE)
     assert len(frames.build_send_packet(key, big)) == 5 + 32 + frames.MAX_PACKET_SIZE
-    _raises_local("packet_too_large", frames.build_send_packet, key, big + b"x")
-    _raises_local("packet_too_large", frames.build_recv_packet, key, big + b"x")
-    _raises_local("packet_too_large", frames.build_forward_packet, key, key, big + b"x")
-    _raises_local("bad_length", frames.build_ping, bytes(7))
-    _raises_local("bad_length", frames.build_pong, bytes(9))
-    _raises_local("out_of_range", frames.build_restarting, -1, 0)
-    _raises_local("bad_ip", frames.build_peer_present, key, bytes(5), 1, 1)
+    raises(LocalProtocolError, "packet_too_large", frames.build_send_packet, key, big + b"x")
+    raises(LocalProtocolError, "packet_too_large", frames.build_recv_packet, key, big + b"x")
+    raises(LocalProtocolError, "packet_too_large", frames.build_forward_packet, key, key, big + b"x")
+    raises(LocalProtocolError, "bad_length", frames.build_ping, bytes(7))
+    raises(LocalProtocolError, "bad_length", frames.build_pong, bytes(9))
+    raises(LocalProtocolError, "out_of_range", frames.build_restarting, -1, 0)
+    raises(LocalProtocolError, "bad_ip", frames.build_peer_present, key, bytes(5), 1, 1)
 
 
 def test_server_side_packet_limits():
     key = bytes(32)
     big = bytes(frames.MAX_PACKET_SIZE)
     assert frames.parse_send_packet(key + big)[1] == big
-    _raises("packet_too_large", frames.parse_send_packet, key + big + b"x")
-    _raises("packet_too_large", frames.parse_forward_packet, key + key + big + b"x")
-    _raises("short", frames.parse_send_packet, key[:31])
-    _raises("short", frames.parse_recv_packet, key[:31])
-    _raises("short", frames.parse_forward_packet, key + key[:31])
+    raises(RemoteProtocolError, "packet_too_large", frames.parse_send_packet, key + big + b"x")
+    raises(RemoteProtocolError, "packet_too_large", frames.parse_forward_packet, key + key + big + b"x")
+    raises(RemoteProtocolError, "short", frames.parse_send_packet, key[:31])
+    raises(RemoteProtocolError, "short", frames.parse_recv_packet, key[:31])
+    raises(RemoteProtocolError, "short", frames.parse_forward_packet, key + key[:31])
     assert frames.parse_recv_packet(key) == (NodePublic(key), b"")
 
 
 def test_strict_and_lax_lengths():
     key = bytes(32)
-    _raises("bad_length", frames.parse_note_preferred, b"")
-    _raises("bad_length", frames.parse_note_preferred, b"\x01\x01")
+    raises(RemoteProtocolError, "bad_length", frames.parse_note_preferred, b"")
+    raises(RemoteProtocolError, "bad_length", frames.parse_note_preferred, b"\x01\x01")
     assert frames.parse_note_preferred(b"\x07") is True
-    _raises("bad_length", frames.parse_watch_conns, b"\x00")
-    _raises("bad_length", frames.parse_close_peer, key[:31])
-    _raises("bad_length", frames.parse_close_peer, key + b"\x00")
-    _raises("short", frames.parse_ping, bytes(7))
+    raises(RemoteProtocolError, "bad_length", frames.parse_watch_conns, b"\x00")
+    raises(RemoteProtocolError, "bad_length", frames.parse_close_peer, key[:31])
+    raises(RemoteProtocolError, "bad_length", frames.parse_close_peer, key + b"\x00")
+    raises(RemoteProtocolError, "short", frames.parse_ping, bytes(7))
     assert frames.parse_ping(bytes(range(8)) + bytes(992)) == bytes(range(8))
-    _raises("frame_too_large", frames.parse_ping, bytes(1001))
-    _raises("short", frames.parse_pong, bytes(7))
+    raises(RemoteProtocolError, "frame_too_large", frames.parse_ping, bytes(1001))
+    raises(RemoteProtocolError, "short", frames.parse_pong, bytes(7))
     assert frames.parse_pong(bytes(range(9))) == bytes(range(8))
-    _raises("short", frames.parse_restarting, bytes(7))
+    raises(RemoteProtocolError, "short", frames.parse_restarting, bytes(7))
     assert frames.parse_restarting(bytes(9)) == (0, 0)
-    _raises("short", frames.parse_peer_gone, key[:31])
+    raises(RemoteProtocolError, "short", frames.parse_peer_gone, key[:31])
     assert frames.parse_peer_gone(key + b"\x01\xff") == (NodePublic(key), 1)
-    _raises("short", frames.parse_peer_present, key[:31])
+    raises(RemoteProtocolError, "short", frames.parse_peer_present, key[:31])
     assert frames.parse_peer_present(key + bytes(17)).ip is None
     assert frames.parse_peer_present(key + bytes(60)).flags == 0
 
@@ -396,12 +379,12 @@ def test_strict_and_lax_lengths():
 def test_server_key_checks():
     good = frames.MAGIC + bytes(range(32))
     assert login.parse_server_key(good + bytes(1024 - 40)) == NodePublic(bytes(range(32)))
-    _raises("frame_too_large", login.parse_server_key, good + bytes(1024 - 39))
-    _raises("short", login.parse_server_key, good[:39])
-    _raises("short", login.parse_server_key, b"DERP")
-    _raises("bad_magic", login.parse_server_key, b"DERP\xf0\x9f\x94\x92" + bytes(32))
+    raises(RemoteProtocolError, "frame_too_large", login.parse_server_key, good + bytes(1024 - 39))
+    raises(RemoteProtocolError, "short", login.parse_server_key, good[:39])
+    raises(RemoteProtocolError, "short", login.parse_server_key, b"DERP")
+    raises(RemoteProtocolError, "bad_magic", login.parse_server_key, b"DERP\xf0\x9f\x94\x92" + bytes(32))
 
 
 def test_health_text():
     assert frames.parse_health(frames.build_health("dup \u00e9")[5:]) == "dup \u00e9"
-    _raises("bad_utf8", frames.parse_health, b"\xff\xfe")
+    raises(RemoteProtocolError, "bad_utf8", frames.parse_health, b"\xff\xfe")

@@ -4,29 +4,12 @@ from meshlet import disco
 from meshlet.errors import CryptoError, LocalProtocolError, RemoteProtocolError
 from meshlet.key import DiscoPrivate, DiscoPublic, NodePublic
 from meshlet.wire import parse_ip
+from meshlet_testing.raises import raises
 from meshlet_testing.vectors import load, unhex
 
 _DOC = load("disco")
 _SEALED = _DOC["sealed"]
 _TXID = bytes(range(1, 13))
-
-
-def _raises(reason, fn, *args):
-    try:
-        fn(*args)
-    except RemoteProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return e
-    raise AssertionError("expected RemoteProtocolError(%r)" % reason)
-
-
-def _raises_local(reason, fn, *args):
-    try:
-        fn(*args)
-    except LocalProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected LocalProtocolError(%r)" % reason)
 
 
 def _endpoints(v):
@@ -167,16 +150,16 @@ def test_open_rejects_tampering_and_wrong_keys():
     for at in (40, 62, 70, len(packet) - 1):  # nonce, tag, ciphertext
         bad = bytearray(packet)
         bad[at] ^= 0x01
-        e = _raises("bad_tag", disco.open, shared, bytes(bad))
+        e = raises(RemoteProtocolError, "bad_tag", disco.open, shared, bytes(bad))
         assert isinstance(e, CryptoError)
-    _raises("bad_tag", disco.open, bytes(32), packet)
+    raises(RemoteProtocolError, "bad_tag", disco.open, bytes(32), packet)
 
 
 def test_parse_header_rejects_short_and_foreign_packets():
     packet = unhex(_SEALED["packet"])
-    _raises("short", disco.parse_header, packet[:77])
-    _raises("bad_magic", disco.parse_header, b"TS\xf0\x9f\x92\xad" + packet[6:])
-    _raises("short", disco.open, unhex(_SEALED["shared_key"]), disco.MAGIC)
+    raises(RemoteProtocolError, "short", disco.parse_header, packet[:77])
+    raises(RemoteProtocolError, "bad_magic", disco.parse_header, b"TS\xf0\x9f\x92\xad" + packet[6:])
+    raises(RemoteProtocolError, "short", disco.open, unhex(_SEALED["shared_key"]), disco.MAGIC)
 
 
 def test_looks_like_disco_is_tailscales_wrapper_test():
@@ -218,28 +201,28 @@ def test_short_bodies_are_rejected():
     by_name = {}
     for v in _DOC["messages"]:
         by_name[v["message"]] = unhex(v["bytes"])
-    _raises("short", disco.parse, b"")
-    _raises("short", disco.parse, b"\x01")
-    _raises("short", disco.parse, b"\x01\x00" + _TXID[:11])
-    _raises("short", disco.parse, by_name["Pong"][:-1])
-    _raises("short", disco.parse, by_name["BindUDPRelayEndpoint"][:-1])
-    _raises("short", disco.parse, by_name["AllocateUDPRelayEndpointRequest"][:-1])
+    raises(RemoteProtocolError, "short", disco.parse, b"")
+    raises(RemoteProtocolError, "short", disco.parse, b"\x01")
+    raises(RemoteProtocolError, "short", disco.parse, b"\x01\x00" + _TXID[:11])
+    raises(RemoteProtocolError, "short", disco.parse, by_name["Pong"][:-1])
+    raises(RemoteProtocolError, "short", disco.parse, by_name["BindUDPRelayEndpoint"][:-1])
+    raises(RemoteProtocolError, "short", disco.parse, by_name["AllocateUDPRelayEndpointRequest"][:-1])
     via = by_name["CallMeMaybeVia"]
-    _raises("short", disco.parse, via[: 2 + 124])  # no endpoint at all
-    _raises("bad_length", disco.parse, via[:-1])
-    _raises("bad_length", disco.parse, via + b"x")  # no trailing bytes after endpoints
-    _raises("short", disco.parse, b"\x09\x00\x00\x00\x00")
+    raises(RemoteProtocolError, "short", disco.parse, via[: 2 + 124])  # no endpoint at all
+    raises(RemoteProtocolError, "bad_length", disco.parse, via[:-1])
+    raises(RemoteProtocolError, "bad_length", disco.parse, via + b"x")  # no trailing bytes after endpoints
+    raises(RemoteProtocolError, "short", disco.parse, b"\x09\x00\x00\x00\x00")
 
 
 def test_unknown_types_and_relay_versions():
-    _raises("unknown_type", disco.parse, b"\x00\x00")
-    _raises("unknown_type", disco.parse, b"\x0a\x00" + bytes(100))
-    _raises("unknown_type", disco.parse, b"\xff\x00")
+    raises(RemoteProtocolError, "unknown_type", disco.parse, b"\x00\x00")
+    raises(RemoteProtocolError, "unknown_type", disco.parse, b"\x0a\x00" + bytes(100))
+    raises(RemoteProtocolError, "unknown_type", disco.parse, b"\xff\x00")
     for v in _DOC["messages"]:
         data = unhex(v["bytes"])
         bumped = data[:1] + b"\x01" + data[2:]
         if data[0] >= disco.TYPE_CALL_ME_MAYBE_VIA:
-            _raises("unknown_version", disco.parse, bumped)
+            raises(RemoteProtocolError, "unknown_version", disco.parse, bumped)
         elif data[0] >= disco.TYPE_BIND_UDP_RELAY_ENDPOINT:
             _check(disco.parse(bumped), v)  # Tailscale ignores the bind messages' version
 
@@ -252,16 +235,16 @@ def test_pong_round_trips_the_derp_pseudo_address():
 
 
 def test_builders_refuse_impossible_messages():
-    _raises_local("bad_length", disco.Ping(_TXID[:11]).to_bytes)
-    _raises_local("out_of_range", disco.Ping(_TXID, None, -1).to_bytes)
-    _raises_local("bad_ip", disco.Pong(_TXID, b"\x01\x02\x03", 1).to_bytes)
-    _raises_local("out_of_range", disco.Pong(_TXID, bytes(4), 65536).to_bytes)
-    _raises_local("bad_ip", disco.CallMeMaybe([(bytes(5), 1)]).to_bytes)
+    raises(LocalProtocolError, "bad_length", disco.Ping(_TXID[:11]).to_bytes)
+    raises(LocalProtocolError, "out_of_range", disco.Ping(_TXID, None, -1).to_bytes)
+    raises(LocalProtocolError, "bad_ip", disco.Pong(_TXID, b"\x01\x02\x03", 1).to_bytes)
+    raises(LocalProtocolError, "out_of_range", disco.Pong(_TXID, bytes(4), 65536).to_bytes)
+    raises(LocalProtocolError, "bad_ip", disco.CallMeMaybe([(bytes(5), 1)]).to_bytes)
     k = DiscoPublic(bytes(32))
-    _raises_local("bad_length", disco.BindUDPRelayEndpoint(1, 2, k, bytes(31)).to_bytes)
+    raises(LocalProtocolError, "bad_length", disco.BindUDPRelayEndpoint(1, 2, k, bytes(31)).to_bytes)
     empty = disco.UDPRelayEndpoint(k, (k, k), 0, 0, 0, 0, [])
-    _raises_local("no_endpoints", disco.CallMeMaybeVia(empty).to_bytes)
-    _raises_local("bad_length", disco.seal, bytes(32), k, bytes(23), b"\x01\x00")
+    raises(LocalProtocolError, "no_endpoints", disco.CallMeMaybeVia(empty).to_bytes)
+    raises(LocalProtocolError, "bad_length", disco.seal, bytes(32), k, bytes(23), b"\x01\x00")
 
 
 def test_geneve_header_vectors():
@@ -274,7 +257,7 @@ def test_geneve_header_vectors():
 
 
 def test_geneve_limits():
-    _raises("short", disco.parse_geneve, bytes(7))
-    _raises_local("out_of_range", disco.GeneveHeader(disco.GENEVE_PROTOCOL_DISCO, 1 << 24).to_bytes)
-    _raises_local("out_of_range", disco.GeneveHeader(disco.GENEVE_PROTOCOL_DISCO, 1, False, 4).to_bytes)
+    raises(RemoteProtocolError, "short", disco.parse_geneve, bytes(7))
+    raises(LocalProtocolError, "out_of_range", disco.GeneveHeader(disco.GENEVE_PROTOCOL_DISCO, 1 << 24).to_bytes)
+    raises(LocalProtocolError, "out_of_range", disco.GeneveHeader(disco.GENEVE_PROTOCOL_DISCO, 1, False, 4).to_bytes)
     assert disco.parse_geneve(b"\xc0\x40\x12\x34\x00\x00\x01\xff").version == 3

@@ -10,6 +10,7 @@ from meshlet.key import (
     NodePublic,
     clamp,
 )
+from meshlet_testing.raises import raises
 from meshlet_testing.rand import FakeRandom
 from meshlet_testing.vectors import unhex
 
@@ -18,15 +19,6 @@ ALICE_PRIV = unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db9
 ALICE_PUB = unhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
 BOB_PUB = unhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
 SHARED = unhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
-
-
-def _raises(cls, reason, fn, *args):
-    try:
-        fn(*args)
-    except cls as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected %s(%r)" % (cls.__name__, reason))
 
 
 def test_text_forms_carry_the_role_prefix():
@@ -45,11 +37,11 @@ def test_text_round_trip_and_uppercase_hex():
 
 
 def test_wrong_prefix_or_length_is_rejected():
-    _raises(RemoteProtocolError, "bad_key_text", NodePublic.from_text, "mkey:" + ALICE_PUB.hex())
-    _raises(RemoteProtocolError, "bad_key_text", NodePublic.from_text, "nodekey:" + ALICE_PUB.hex()[:-2])
-    _raises(RemoteProtocolError, "bad_key_text", NodePublic.from_text, "nodekey:" + "zz" * 32)
-    _raises(RemoteProtocolError, "bad_key_text", DiscoPublic.from_text, "")
-    _raises(LocalProtocolError, "bad_length", NodePublic, b"\x00" * 31)
+    raises(RemoteProtocolError, "bad_key_text", NodePublic.from_text, "mkey:" + ALICE_PUB.hex())
+    raises(RemoteProtocolError, "bad_key_text", NodePublic.from_text, "nodekey:" + ALICE_PUB.hex()[:-2])
+    raises(RemoteProtocolError, "bad_key_text", NodePublic.from_text, "nodekey:" + "zz" * 32)
+    raises(RemoteProtocolError, "bad_key_text", DiscoPublic.from_text, "")
+    raises(LocalProtocolError, "bad_length", NodePublic, b"\x00" * 31)
 
 
 def test_roles_are_never_equal():
@@ -65,7 +57,7 @@ def test_public_from_private_and_shared_secret():
 
 
 def test_shared_secret_refuses_a_key_of_another_role():
-    _raises(LocalProtocolError, "wrong_key_role", NodePrivate(ALICE_PRIV).shared_secret, DiscoPublic(BOB_PUB))
+    raises(LocalProtocolError, "wrong_key_role", NodePrivate(ALICE_PRIV).shared_secret, DiscoPublic(BOB_PUB))
 
 
 def test_private_keys_never_show_their_bytes():
@@ -111,8 +103,8 @@ def test_wireguard_base64_forms():
     assert NodePublic.from_base64(pub.to_base64()) == pub
     priv = NodePrivate(ALICE_PRIV)
     assert NodePrivate.from_base64(priv.to_base64()) == priv
-    _raises(RemoteProtocolError, "bad_key_text", NodePublic.from_base64, "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo")
-    _raises(RemoteProtocolError, "bad_key_text", NodePublic.from_base64, "!" * 43 + "=")
+    raises(RemoteProtocolError, "bad_key_text", NodePublic.from_base64, "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo")
+    raises(RemoteProtocolError, "bad_key_text", NodePublic.from_base64, "!" * 43 + "=")
 
 
 def test_zero_key():

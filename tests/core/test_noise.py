@@ -2,20 +2,12 @@
 
 from meshlet import crypto, noise
 from meshlet.errors import CryptoError, LocalProtocolError, RemoteProtocolError
+from meshlet_testing.raises import raises
 from meshlet_testing.vectors import cases, unhex
 
 _V = cases("noise_cacophony_ik")[0]
 _MSGS = _V["messages"]
 _MAX_NONCE = 0xFFFFFFFFFFFFFFFF
-
-
-def _raises(cls, reason, fn, *args):
-    try:
-        fn(*args)
-    except cls as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected %s(%r)" % (cls.__name__, reason))
 
 
 def _payload(i):
@@ -137,7 +129,7 @@ def test_failed_decrypt_leaves_the_nonce():
     receiver = noise.CipherState(key)
     ct = bytearray(sender.encrypt_with_ad(b"", b"hello"))
     ct[0] ^= 1
-    _raises(CryptoError, "bad_tag", receiver.decrypt_with_ad, b"", bytes(ct))
+    raises(CryptoError, "bad_tag", receiver.decrypt_with_ad, b"", bytes(ct))
     assert receiver.n == 0
     ct[0] ^= 1
     assert receiver.decrypt_with_ad(b"", bytes(ct)) == b"hello"
@@ -149,61 +141,61 @@ def test_nonce_2_to_the_64_minus_1_is_never_used():
     sender.set_nonce(_MAX_NONCE - 1)
     last = sender.encrypt_with_ad(b"", b"last")  # n = 2^64-2 is the final valid nonce
     assert sender.n == _MAX_NONCE
-    _raises(LocalProtocolError, "nonce_exhausted", sender.encrypt_with_ad, b"", b"more")
+    raises(LocalProtocolError, "nonce_exhausted", sender.encrypt_with_ad, b"", b"more")
     receiver = noise.CipherState(key, "big")
     receiver.set_nonce(_MAX_NONCE - 1)
     assert receiver.decrypt_with_ad(b"", last) == b"last"
-    _raises(RemoteProtocolError, "nonce_exhausted", receiver.decrypt_with_ad, b"", last)
+    raises(RemoteProtocolError, "nonce_exhausted", receiver.decrypt_with_ad, b"", last)
 
 
 def test_calls_out_of_order():
     resp = _responder()
-    _raises(LocalProtocolError, "out_of_order", resp.write_message, b"")
-    _raises(LocalProtocolError, "out_of_order", resp.split)
+    raises(LocalProtocolError, "out_of_order", resp.write_message, b"")
+    raises(LocalProtocolError, "out_of_order", resp.split)
     ini = _initiator()
-    _raises(LocalProtocolError, "out_of_order", ini.read_message, _ciphertext(1))
+    raises(LocalProtocolError, "out_of_order", ini.read_message, _ciphertext(1))
     ini, resp = _handshake()
-    _raises(LocalProtocolError, "out_of_order", ini.write_message, b"")
-    _raises(LocalProtocolError, "out_of_order", resp.read_message, _ciphertext(0))
+    raises(LocalProtocolError, "out_of_order", ini.write_message, b"")
+    raises(LocalProtocolError, "out_of_order", resp.read_message, _ciphertext(0))
     ini.split()
-    _raises(LocalProtocolError, "out_of_order", ini.symmetric.mix_hash, b"")
+    raises(LocalProtocolError, "out_of_order", ini.symmetric.mix_hash, b"")
 
 
 def test_ik_needs_rs_for_the_initiator_only():
     s = unhex(_V["init_static"])
     e = unhex(_V["init_ephemeral"])
-    _raises(LocalProtocolError, "bad_keys", noise.HandshakeState, True, s, e)
-    _raises(LocalProtocolError, "bad_keys", noise.HandshakeState, False, s, e, bytes(32))
+    raises(LocalProtocolError, "bad_keys", noise.HandshakeState, True, s, e)
+    raises(LocalProtocolError, "bad_keys", noise.HandshakeState, False, s, e, bytes(32))
 
 
 def test_tampered_message_0_kills_the_handshake():
     bad = bytearray(_ciphertext(0))
     bad[40] ^= 0x80  # inside the encrypted static key
     resp = _responder()
-    _raises(CryptoError, "bad_tag", resp.read_message, bytes(bad))
-    _raises(LocalProtocolError, "out_of_order", resp.read_message, _ciphertext(0))
-    _raises(LocalProtocolError, "out_of_order", resp.write_message, b"")
+    raises(CryptoError, "bad_tag", resp.read_message, bytes(bad))
+    raises(LocalProtocolError, "out_of_order", resp.read_message, _ciphertext(0))
+    raises(LocalProtocolError, "out_of_order", resp.write_message, b"")
 
 
 def test_short_message_0():
-    _raises(RemoteProtocolError, "short", _responder().read_message, _ciphertext(0)[:60])
+    raises(RemoteProtocolError, "short", _responder().read_message, _ciphertext(0)[:60])
     # Long enough for e and s, but no room for the payload's tag.
-    _raises(CryptoError, "bad_tag", _responder().read_message, _ciphertext(0)[:85])
+    raises(CryptoError, "bad_tag", _responder().read_message, _ciphertext(0)[:85])
 
 
 def test_low_order_ephemeral_is_rejected():
     # u = 0 is a low-order point: X25519 gives all zeros, which must not be keyed on.
     resp = _responder()
-    _raises(CryptoError, "low_order_point", resp.read_message, bytes(32) + _ciphertext(0)[32:])
+    raises(CryptoError, "low_order_point", resp.read_message, bytes(32) + _ciphertext(0)[32:])
 
 
 def test_wrong_prologue_fails_at_the_first_tag():
     s, e = unhex(_V["resp_static"]), unhex(_V["resp_ephemeral"])
     resp = noise.HandshakeState(False, s, e, None, b"John Galt?")
-    _raises(CryptoError, "bad_tag", resp.read_message, _ciphertext(0))
+    raises(CryptoError, "bad_tag", resp.read_message, _ciphertext(0))
 
 
 def test_oversized_messages():
-    _raises(RemoteProtocolError, "too_large", _responder().read_message, bytes(65536))
-    _raises(LocalProtocolError, "too_large", _initiator().write_message, bytes(65535 - 96 + 1))
+    raises(RemoteProtocolError, "too_large", _responder().read_message, bytes(65536))
+    raises(LocalProtocolError, "too_large", _initiator().write_message, bytes(65535 - 96 + 1))
     assert len(_initiator().write_message(bytes(65535 - 96))) == 65535

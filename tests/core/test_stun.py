@@ -3,18 +3,10 @@
 from meshlet import stun
 from meshlet.errors import RemoteProtocolError
 from meshlet.wire import parse_ip
+from meshlet_testing.raises import raises
 from meshlet_testing.vectors import load, unhex
 
 _DOC = load("stun")
-
-
-def _raises(reason, fn, *args):
-    try:
-        fn(*args)
-    except RemoteProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected RemoteProtocolError(%r)" % reason)
 
 
 def test_request_is_tailscales_40_bytes():
@@ -76,27 +68,27 @@ def test_trailing_bytes_beyond_the_header_length_are_ignored():
 def test_bad_fingerprint_is_rejected():
     good = bytearray(stun.build_binding_request(bytes(12)))
     good[-1] ^= 1
-    _raises("bad_fingerprint", stun.parse_binding_request, bytes(good))
+    raises(RemoteProtocolError, "bad_fingerprint", stun.parse_binding_request, bytes(good))
 
 
 def test_truncated_and_lying_lengths_are_rejected():
     good = stun.build_binding_request(bytes(12))
-    _raises("short", stun.parse_binding_request, good[:19])
-    _raises("bad_attribute", stun.parse_binding_request, good[:39])
+    raises(RemoteProtocolError, "short", stun.parse_binding_request, good[:19])
+    raises(RemoteProtocolError, "bad_attribute", stun.parse_binding_request, good[:39])
     lying = bytearray(good)
     lying[23] = 0x40  # SOFTWARE claims 64 bytes
-    _raises("bad_attribute", stun.parse_binding_request, bytes(lying))
+    raises(RemoteProtocolError, "bad_attribute", stun.parse_binding_request, bytes(lying))
 
 
 def test_request_is_not_a_response():
-    _raises("bad_type", stun.parse_binding_response, stun.build_binding_request(bytes(12)))
+    raises(RemoteProtocolError, "bad_type", stun.parse_binding_response, stun.build_binding_request(bytes(12)))
     resp = unhex(_DOC["vectors"][0]["bytes"])
-    _raises("bad_type", stun.parse_binding_request, resp)
+    raises(RemoteProtocolError, "bad_type", stun.parse_binding_request, resp)
 
 
 def test_response_without_an_address_is_rejected():
     bare = b"\x01\x01\x00\x00" + stun.MAGIC_COOKIE + bytes(12)
-    _raises("no_address", stun.parse_binding_response, bare)
+    raises(RemoteProtocolError, "no_address", stun.parse_binding_response, bare)
 
 
 def test_is_stun_matches_tailscales_test():

@@ -5,18 +5,10 @@ from meshlet.errors import CryptoError, RemoteProtocolError
 from meshlet.wg.cookie import CookieChecker, CookieGenerator, LoadMonitor, source_bytes
 from meshlet.wg.messages import INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET, MessageCookieReply
 from meshlet_testing.pair import A_ADDR, A_IP4, B_IP4, ipv4_packet, node_key, wg_pair
+from meshlet_testing.raises import raises
 from meshlet_testing.rand import FakeRandom
 
 _MSG = bytes(range(116)) + bytes(32)  # an initiation-shaped message, macs zero
-
-
-def _raises(cls, reason, fn, *args):
-    try:
-        fn(*args)
-    except cls as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected %s(%r)" % (cls.__name__, reason))
 
 
 def test_mac1_is_keyed_blake2s_of_the_recipient_key():
@@ -69,9 +61,9 @@ def test_replies_must_match_our_last_mac1():
     checker = CookieChecker(kr, FakeRandom(1))
     gen = CookieGenerator(kr)
     reply = MessageCookieReply.parse(checker.create_reply(_MSG, INITIATION_MAC1_OFFSET, A_ADDR, 0))
-    _raises(RemoteProtocolError, "unexpected_cookie", gen.consume_reply, reply, 0)
+    raises(RemoteProtocolError, "unexpected_cookie", gen.consume_reply, reply, 0)
     gen.add_macs(_MSG, INITIATION_MAC1_OFFSET, 0)  # its mac1 differs from the zero one answered
-    _raises(CryptoError, "bad_tag", gen.consume_reply, reply, 0)
+    raises(CryptoError, "bad_tag", gen.consume_reply, reply, 0)
 
 
 def test_source_bytes():

@@ -13,6 +13,7 @@ from meshlet.wg import handshake as H
 from meshlet.wg.cookie import CookieGenerator
 from meshlet.wg.messages import INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET, MessageInitiation
 from meshlet.wg.session import Keypair
+from meshlet_testing.raises import raises
 from meshlet_testing.vectors import cases, unhex
 
 _V = cases("wg_handshake")[0]
@@ -25,15 +26,6 @@ _TS = unhex(_V["timestamp"])
 class _Peer:
     def __init__(self, hs):
         self.handshake = hs
-
-
-def _raises(cls, reason, fn, *args):
-    try:
-        fn(*args)
-    except cls as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected %s(%r)" % (cls.__name__, reason))
 
 
 def _finder(peer, key):
@@ -86,8 +78,8 @@ def test_transcript_matches_the_independent_computation():
 def test_derive_keys_zeroes_the_handshake():
     hs, _ = _initiate()
     assert hs.state == H.STATE_INITIATION_CREATED
-    _raises(LocalProtocolError, "bad_state", H.derive_keys, hs)
-    _raises(LocalProtocolError, "bad_state", H.create_response, hs, 1, bytes(32))
+    raises(LocalProtocolError, "bad_state", H.derive_keys, hs)
+    raises(LocalProtocolError, "bad_state", H.create_response, hs, 1, bytes(32))
     hs.clear()
     assert hs.state == H.STATE_ZEROED and hs.chain_key == b"" and hs.local_ephemeral == b""
 
@@ -95,14 +87,14 @@ def test_derive_keys_zeroes_the_handshake():
 def test_unknown_initiator_is_rejected():
     _, initiation = _initiate()
     msg = MessageInitiation.parse(initiation)
-    _raises(RemoteProtocolError, "unknown_peer", H.consume_initiation, _KR, msg, lambda k: None, 0)
+    raises(RemoteProtocolError, "unknown_peer", H.consume_initiation, _KR, msg, lambda k: None, 0)
 
 
 def test_initiation_for_someone_else_fails_authentication():
     _, initiation = _initiate()
     msg = MessageInitiation.parse(initiation)
     peer = _Peer(H.Handshake(_KI, _KI.public()))  # the initiator itself is not the responder
-    _raises(CryptoError, "bad_tag", H.consume_initiation, _KI, msg, _finder(peer, _KI.public()), 0)
+    raises(CryptoError, "bad_tag", H.consume_initiation, _KI, msg, _finder(peer, _KI.public()), 0)
 
 
 def test_replayed_initiation_is_stale_and_changes_nothing():
@@ -113,7 +105,7 @@ def test_replayed_initiation_is_stale_and_changes_nothing():
     H.create_response(peer.handshake, 9, clamp(bytes(range(32))))
     state = (peer.handshake.state, peer.handshake.chain_key, peer.handshake.hash)
     find = _finder(peer, _KI.public())
-    _raises(RemoteProtocolError, "stale_timestamp", H.consume_initiation, _KR, msg, find, 10_000)
+    raises(RemoteProtocolError, "stale_timestamp", H.consume_initiation, _KR, msg, find, 10_000)
     assert (peer.handshake.state, peer.handshake.chain_key, peer.handshake.hash) == state
 
 
@@ -124,7 +116,7 @@ def test_preshared_key_mismatch_fails_on_the_response():
     H.consume_initiation(_KR, msg, _finder(peer, _KI.public()), 0)  # the psk enters only in the response
     resp = H.create_response(peer.handshake, 2, clamp(bytes(range(32))))
     before = (hs_i.state, hs_i.chain_key)
-    _raises(CryptoError, "bad_tag", H.consume_response, _KI, hs_i, resp)
+    raises(CryptoError, "bad_tag", H.consume_response, _KI, hs_i, resp)
     assert (hs_i.state, hs_i.chain_key) == before  # a bad response does not spoil the handshake
 
 
@@ -134,7 +126,7 @@ def test_response_without_initiation_is_unexpected():
     from meshlet.wg.messages import MessageResponse
 
     resp = MessageResponse(1, 2, bytes(32), bytes(16))
-    _raises(RemoteProtocolError, "unexpected_response", H.consume_response, _KI, hs_i, resp)
+    raises(RemoteProtocolError, "unexpected_response", H.consume_response, _KI, hs_i, resp)
 
 
 def test_low_order_ephemeral_is_refused():
@@ -142,8 +134,8 @@ def test_low_order_ephemeral_is_refused():
     msg = MessageInitiation.parse(initiation)
     msg.ephemeral = bytes(32)  # the all-zero point: DH yields zero
     peer = _Peer(H.Handshake(_KR, _KI.public(), _PSK))
-    _raises(CryptoError, "low_order_point", H.consume_initiation, _KR, msg, _finder(peer, _KI.public()), 0)
+    raises(CryptoError, "low_order_point", H.consume_initiation, _KR, msg, _finder(peer, _KI.public()), 0)
 
 
 def test_preshared_key_must_be_32_bytes():
-    _raises(LocalProtocolError, "bad_length", H.Handshake, _KI, _KR.public(), b"short")
+    raises(LocalProtocolError, "bad_length", H.Handshake, _KI, _KR.public(), b"short")

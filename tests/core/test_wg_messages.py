@@ -8,16 +8,8 @@ from meshlet.wg.messages import (
     MessageTransport,
     message_type,
 )
+from meshlet_testing.raises import raises
 from meshlet_testing.vectors import unhex
-
-
-def _raises(reason, fn, *args):
-    try:
-        fn(*args)
-    except RemoteProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected RemoteProtocolError(%r)" % reason)
 
 
 def _fill(n, byte):
@@ -70,22 +62,22 @@ def test_transport_layout():
 
 def test_sizes_are_exact():
     init = MessageInitiation(1, bytes(32), bytes(48), bytes(28)).to_bytes()
-    _raises("short", MessageInitiation.parse, init[:147])
-    _raises("trailing", MessageInitiation.parse, init + b"\x00")
+    raises(RemoteProtocolError, "short", MessageInitiation.parse, init[:147])
+    raises(RemoteProtocolError, "trailing", MessageInitiation.parse, init + b"\x00")
     resp = MessageResponse(1, 2, bytes(32), bytes(16)).to_bytes()
-    _raises("short", MessageResponse.parse, resp[:91])
-    _raises("trailing", MessageResponse.parse, resp + b"\x00")
+    raises(RemoteProtocolError, "short", MessageResponse.parse, resp[:91])
+    raises(RemoteProtocolError, "trailing", MessageResponse.parse, resp + b"\x00")
     cookie = MessageCookieReply(1, bytes(24), bytes(32)).to_bytes()
-    _raises("short", MessageCookieReply.parse, cookie[:63])
-    _raises("trailing", MessageCookieReply.parse, cookie + b"\x00")
-    _raises("short", MessageTransport.parse, MessageTransport(1, 2, bytes(16)).to_bytes()[:31])
+    raises(RemoteProtocolError, "short", MessageCookieReply.parse, cookie[:63])
+    raises(RemoteProtocolError, "trailing", MessageCookieReply.parse, cookie + b"\x00")
+    raises(RemoteProtocolError, "short", MessageTransport.parse, MessageTransport(1, 2, bytes(16)).to_bytes()[:31])
 
 
 def test_type_word_includes_the_reserved_bytes():
     init = bytearray(MessageInitiation(1, bytes(32), bytes(48), bytes(28)).to_bytes())
     init[3] = 1  # reserved byte set: no longer type 1, as in wireguard-go
-    _raises("bad_type", MessageInitiation.parse, bytes(init))
+    raises(RemoteProtocolError, "bad_type", MessageInitiation.parse, bytes(init))
     assert message_type(bytes(init)) == 0x01000001
     cookie_sized_as_response = MessageCookieReply(1, bytes(24), bytes(32)).to_bytes() + bytes(28)
-    _raises("bad_type", MessageResponse.parse, cookie_sized_as_response)
-    _raises("short", message_type, b"\x04\x00\x00")
+    raises(RemoteProtocolError, "bad_type", MessageResponse.parse, cookie_sized_as_response)
+    raises(RemoteProtocolError, "short", message_type, b"\x04\x00\x00")

@@ -3,15 +3,7 @@
 from meshlet.errors import RemoteProtocolError
 from meshlet.wg.session import Keypair, Keypairs, padding_len, unpad
 from meshlet_testing.pair import A_IP4, A_IP6, B_IP4, B_IP6, ipv4_packet, ipv6_packet
-
-
-def _raises(reason, fn, *args):
-    try:
-        fn(*args)
-    except RemoteProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected RemoteProtocolError(%r)" % reason)
+from meshlet_testing.raises import raises
 
 
 def test_padding_to_16_within_the_mtu():
@@ -32,13 +24,13 @@ def test_unpad_uses_the_ip_length():
 
 
 def test_unpad_rejects_nonsense():
-    _raises("bad_ip_version", unpad, b"\x50" + bytes(30))
-    _raises("bad_ip_version", unpad, b"")
-    _raises("bad_ip_length", unpad, b"\x45" + bytes(10))
-    _raises("bad_ip_length", unpad, b"\x60" + bytes(30))
+    raises(RemoteProtocolError, "bad_ip_version", unpad, b"\x50" + bytes(30))
+    raises(RemoteProtocolError, "bad_ip_version", unpad, b"")
+    raises(RemoteProtocolError, "bad_ip_length", unpad, b"\x45" + bytes(10))
+    raises(RemoteProtocolError, "bad_ip_length", unpad, b"\x60" + bytes(30))
     p4 = bytearray(ipv4_packet(A_IP4, B_IP4, b"abc"))
     p4[3] += 1  # claims one byte more than there is
-    _raises("bad_ip_length", unpad, bytes(p4))
+    raises(RemoteProtocolError, "bad_ip_length", unpad, bytes(p4))
 
 
 def _kp(initiator, n):

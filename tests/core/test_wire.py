@@ -2,15 +2,7 @@
 
 from meshlet.errors import LocalProtocolError, RemoteProtocolError
 from meshlet.wire import Reader, Writer, format_addr, format_ip, ip16, ip_compact, parse_addr, parse_ip
-
-
-def _raises(cls, reason, fn, *args):
-    try:
-        fn(*args)
-    except cls as e:
-        assert e.reason == reason, (e.reason, reason)
-        return
-    raise AssertionError("expected %s(%r)" % (cls.__name__, reason))
+from meshlet_testing.raises import raises
 
 
 def test_reader_reads_big_and_little_endian():
@@ -29,24 +21,24 @@ def test_reader_reads_big_and_little_endian():
 def test_reader_never_reads_past_its_end():
     r = Reader(b"\x00\x01\x02\x03\x04", 1, 3)
     assert r.u16() == 0x0102
-    _raises(RemoteProtocolError, "short", r.u8)
-    _raises(RemoteProtocolError, "short", Reader(b"abc").take, 4)
-    _raises(RemoteProtocolError, "short", Reader(b"abc").take, -1)
+    raises(RemoteProtocolError, "short", r.u8)
+    raises(RemoteProtocolError, "short", Reader(b"abc").take, 4)
+    raises(RemoteProtocolError, "short", Reader(b"abc").take, -1)
 
 
 def test_reader_reports_trailing_bytes():
     r = Reader(b"ab")
     r.u8()
-    _raises(RemoteProtocolError, "trailing", r.expect_end)
+    raises(RemoteProtocolError, "trailing", r.expect_end)
 
 
 def test_writer_checks_ranges_and_fixed_lengths():
     assert Writer().u8(1).u16(2).u32le(3).u64(4).raw(b"x").getvalue() == (
         b"\x01\x00\x02\x03\x00\x00\x00" + b"\x00" * 7 + b"\x04x"
     )
-    _raises(LocalProtocolError, "out_of_range", Writer().u8, 256)
-    _raises(LocalProtocolError, "out_of_range", Writer().u16, -1)
-    _raises(LocalProtocolError, "bad_length", Writer().fixed, b"abc", 4)
+    raises(LocalProtocolError, "out_of_range", Writer().u8, 256)
+    raises(LocalProtocolError, "out_of_range", Writer().u16, -1)
+    raises(LocalProtocolError, "bad_length", Writer().fixed, b"abc", 4)
 
 
 def test_ip16_maps_and_unmaps_ipv4():
@@ -72,6 +64,6 @@ def test_parse_and_format_addresses():
 
 def test_bad_addresses_are_rejected():
     for text in ("1.2.3", "1.2.3.256", "01.2.3.4", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "g::1", "fe80::1%eth0"):
-        _raises(RemoteProtocolError, "bad_ip", parse_ip, text)
+        raises(RemoteProtocolError, "bad_ip", parse_ip, text)
     for text in ("1.2.3.4", "2001:db8::1:80", "1.2.3.4:99999", "[::1]80"):
-        _raises(RemoteProtocolError, "bad_addr", parse_addr, text)
+        raises(RemoteProtocolError, "bad_addr", parse_addr, text)
