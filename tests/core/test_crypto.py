@@ -7,7 +7,7 @@ tests/vectors/crypto.json and wireguard_kdf.json, each naming its source.
 
 from meshlet import crypto
 from meshlet._compat import TYPE_CHECKING
-from meshlet.errors import CryptoError, LocalProtocolError, ProtocolError
+from meshlet.errors import CryptoError, LocalProtocolError
 from meshlet_testing.raises import raises
 from meshlet_testing.vectors import cases, unhex
 

@@ -422,6 +422,7 @@ class ClientConn:
         server_key: the server's key once its greeting arrived, else None.
         preferred: what the server was (or will be) told by NotePreferred.
         token_bucket: (bytes per second, burst) from ServerInfo, or None.
+        read_timeout_ms: as given.
         last_rx_ms: when the last whole frame arrived, or None (netcheck's
             "heard from this region recently", derp.md §9).
         stats: ClientStats.
@@ -454,7 +455,7 @@ class ClientConn:
         self._can_ack_pings = can_ack_pings
         self.preferred = preferred
         self._max_frame_len = max_frame_len
-        self._read_timeout_ms = read_timeout_ms
+        self.read_timeout_ms = read_timeout_ms
         self._max_http_header_len = max_http_header_len
         self._log = log
         self.server_key: "NodePublic | None" = None
@@ -593,7 +594,7 @@ class ClientConn:
             if frame is None:
                 return
             self.last_rx_ms = now_ms
-            self._deadline_ms = now_ms + self._read_timeout_ms
+            self._deadline_ms = now_ms + self.read_timeout_ms
             frame_type, payload = frame
             if self._state == _SERVER_KEY:
                 if frame_type != FRAME_SERVER_KEY:
