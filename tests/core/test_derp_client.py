@@ -11,22 +11,25 @@ from meshlet.derp.client import (
     LOGIN_TIMEOUT_MS,
     READ_TIMEOUT_MS,
     ClientConn,
+    HttpStatusError,
+    build_upgrade_request,
+    parse_status_line,
+)
+from meshlet.derp.events import (
     Connected,
     ConnectionClosed,
     ConnectionTimedOut,
     HealthChanged,
-    HttpStatusError,
     KeepAliveReceived,
     PacketReceived,
     PeerGone,
     PeerPresent,
     PongReceived,
     ServerRestarting,
-    build_upgrade_request,
-    parse_status_line,
 )
 from meshlet.errors import CryptoError, LocalProtocolError, RemoteProtocolError
 from meshlet.key import NodePrivate, NodePublic
+from meshlet_testing.raises import raises
 from meshlet_testing.rand import FakeRandom
 from meshlet_testing.vectors import load, unhex
 
@@ -92,24 +95,6 @@ def _logged_in(now_ms=0, info=None, **kwargs):
     return conn
 
 
-def _raises(reason, fn, *args):
-    try:
-        fn(*args)
-    except RemoteProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return e
-    raise AssertionError("expected RemoteProtocolError(%r)" % reason)
-
-
-def _raises_local(reason, fn, *args):
-    try:
-        fn(*args)
-    except LocalProtocolError as e:
-        assert e.reason == reason, (e.reason, reason)
-        return e
-    raise AssertionError("expected LocalProtocolError(%r)" % reason)
-
-
 # --- the HTTP upgrade ---
 
 
@@ -119,20 +104,20 @@ def test_upgrade_request_is_tailscales():
     got = build_upgrade_request("10.0.0.1:3340", "1a")
     assert got == want.replace(b"derp1.example.net", b"10.0.0.1:3340")[:-2] + b"Ideal-Node: 1a\r\n\r\n"
     for bad in ("", "a b", "a\r\nX: y", "h\u00e9"):
-        _raises_local("bad_header", build_upgrade_request, bad)
-    _raises_local("bad_header", build_upgrade_request, "ok", "")
+        raises(LocalProtocolError, "bad_header", build_upgrade_request, bad)
+    raises(LocalProtocolError, "bad_header", build_upgrade_request, "ok", "")
 
 
 def test_connect_queues_the_request_once():
     conn = ClientConn(_CLIENT, FakeRandom(7), 0)
     assert conn.state() == "idle"
     assert conn.data_to_send() == b""
-    _raises_local("out_of_order", conn.receive_data, b"HTTP/1.1", 0)
+    raises(LocalProtocolError, "out_of_order", conn.receive_data, b"HTTP/1.1", 0)
     conn.connect("derp.example.net", "900a")
     assert conn.data_to_send() == build_upgrade_request("derp.example.net", "900a")
     assert conn.data_to_send() == b""
     assert conn.state() == "http"
-    _raises_local("out_of_order", conn.connect, "derp.example.net")
+    raises(LocalProtocolError, "out_of_order", conn.connect, "derp.example.net")
 
 
 def test_status_line_parsing():
@@ -140,18 +125,24 @@ def test_status_line_parsing():
     assert parse_status_line(b"HTTP/1.0 404\n") == (404, "")
     assert parse_status_line(b"HTTP/1.1 500 \xff\xfe") == (500, repr(b"\xff\xfe"))
     for bad in (b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/2 101 x", b"HTTP/1.1 1O1 x", b"HTTP/1.1 1010 x", b""):
-        _raises("bad_http", parse_status_line, bad)
+        raises(RemoteProtocolError, "bad_http", parse_status_line, bad)
 
 
 def test_refused_upgrade_carries_the_status():
     conn = _conn()
-    e = _raises("http_status", conn.receive_data, b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n", 5)
+    e = raises(
+        RemoteProtocolError,
+        "http_status",
+        conn.receive_data,
+        b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+        5,
+    )
     assert isinstance(e, HttpStatusError)
     assert e.status == 426
     assert e.detail == "426 Upgrade Required"
     assert conn.state() == "failed"
     assert conn.next_deadline() is None
-    _raises_local("conn_dead", conn.receive_data, b"more", 6)
+    raises(LocalProtocolError, "conn_dead", conn.receive_data, b"more", 6)
 
 
 def test_http_response_cut_anywhere_and_with_bare_newlines():
@@ -168,15 +159,17 @@ def test_http_response_cut_anywhere_and_with_bare_newlines():
 
 
 def test_bad_http_responses():
-    _raises("bad_http", _conn().receive_data, b"SSH-2.0-OpenSSH_9.2\r\n\r\n", 0)
+    raises(RemoteProtocolError, "bad_http", _conn().receive_data, b"SSH-2.0-OpenSSH_9.2\r\n\r\n", 0)
     conn = _conn(max_http_header_len=100)
     conn.receive_data(b"HTTP/1.1 101 Switching Protocols\r\n" + b"X: y\r\n" * 10, 0)
-    _raises("http_headers_too_large", conn.receive_data, b"X: y\r\n" * 2, 0)
+    raises(RemoteProtocolError, "http_headers_too_large", conn.receive_data, b"X: y\r\n" * 2, 0)
     head = b"HTTP/1.1 101 Switching Protocols\r\n" + b"X: y\r\n" * 20 + b"\r\n"
-    _raises("http_headers_too_large", _conn(max_http_header_len=100).receive_data, head, 0)
+    raises(
+        RemoteProtocolError, "http_headers_too_large", _conn(max_http_header_len=100).receive_data, head, 0
+    )
     conn = _conn()
     conn.receive_data(b"HTTP/1.1 101 Switching", 0)
-    _raises("truncated", conn.receive_data, b"", 0)
+    raises(RemoteProtocolError, "truncated", conn.receive_data, b"", 0)
 
 
 # --- the login ---
@@ -220,7 +213,10 @@ def test_note_preferred_is_sent_only_when_it_changes():
     conn.note_preferred(True)  # before the login: remembered, sent with ClientInfo
     assert conn.data_to_send() == b""
     conn.receive_data(_greeting(), 0)
-    assert [t for t, _ in _frames(conn.data_to_send())] == [frames.FRAME_CLIENT_INFO, frames.FRAME_NOTE_PREFERRED]
+    assert [t for t, _ in _frames(conn.data_to_send())] == [
+        frames.FRAME_CLIENT_INFO,
+        frames.FRAME_NOTE_PREFERRED,
+    ]
     conn.note_preferred(True)
     assert conn.data_to_send() == b""
     conn.note_preferred(False)
@@ -239,47 +235,57 @@ def test_mesh_key_and_prober_go_into_client_info():
         _, info = login.parse_client_info(_frames(conn.data_to_send())[0][1], _SERVER)
         assert info == {"meshKey": mesh.hex(), "version": 2, "CanAckPings": False, "IsProber": True}
     for bad in (bytes(31), "ab" * 31, "zz" * 32):
-        _raises_local("bad_mesh_key", ClientConn, _CLIENT, FakeRandom(1), 0, bad)
+        raises(LocalProtocolError, "bad_mesh_key", ClientConn, _CLIENT, FakeRandom(1), 0, bad)
 
 
 def test_first_frame_must_be_a_good_server_key():
     conn = _conn()
-    _raises("unexpected_frame", conn.receive_data, _HTTP_101 + frames.build_keep_alive(), 0)
+    raises(
+        RemoteProtocolError, "unexpected_frame", conn.receive_data, _HTTP_101 + frames.build_keep_alive(), 0
+    )
     bad_magic = frames.encode_frame(frames.FRAME_SERVER_KEY, b"DERP\xf0\x9f\x94\x92" + bytes(32))
-    _raises("bad_magic", _conn().receive_data, _HTTP_101 + bad_magic, 0)
+    raises(RemoteProtocolError, "bad_magic", _conn().receive_data, _HTTP_101 + bad_magic, 0)
     short = frames.encode_frame(frames.FRAME_SERVER_KEY, frames.MAGIC + bytes(31))
-    _raises("short", _conn().receive_data, _HTTP_101 + short, 0)
+    raises(RemoteProtocolError, "short", _conn().receive_data, _HTTP_101 + short, 0)
     # Extra bytes in the greeting are reserved and ignored, up to 1 KiB in all.
-    roomy = frames.encode_frame(frames.FRAME_SERVER_KEY, frames.MAGIC + _SERVER.public().raw + bytes(1024 - 40))
+    roomy = frames.encode_frame(
+        frames.FRAME_SERVER_KEY, frames.MAGIC + _SERVER.public().raw + bytes(1024 - 40)
+    )
     conn = _conn()
     conn.receive_data(_HTTP_101 + roomy, 0)
     assert conn.server_key == _SERVER.public()
     # A larger one is refused as soon as its header arrives.
     conn = _conn()
-    _raises("frame_too_large", conn.receive_data, _HTTP_101 + b"\x01\x00\x00\x04\x01", 0)
+    raises(RemoteProtocolError, "frame_too_large", conn.receive_data, _HTTP_101 + b"\x01\x00\x00\x04\x01", 0)
 
 
 def test_bad_server_info_is_fatal():
     conn = _conn()
     conn.receive_data(_greeting(), 0)
     wrong = login.build_server_info(_CLIENT, _CLIENT.public(), bytes(24), {"version": 2})
-    e = _raises("bad_tag", conn.receive_data, wrong, 0)
+    e = raises(RemoteProtocolError, "bad_tag", conn.receive_data, wrong, 0)
     assert isinstance(e, CryptoError)
     assert conn.state() == "failed"
     conn = _conn()
     conn.receive_data(_greeting(), 0)
-    _raises("short", conn.receive_data, frames.encode_frame(frames.FRAME_SERVER_INFO, bytes(23)), 0)
+    raises(
+        RemoteProtocolError,
+        "short",
+        conn.receive_data,
+        frames.encode_frame(frames.FRAME_SERVER_INFO, bytes(23)),
+        0,
+    )
 
 
 def test_eof_during_the_login_is_an_error():
     conn = _conn()
-    _raises("truncated", conn.receive_data, b"", 0)
+    raises(RemoteProtocolError, "truncated", conn.receive_data, b"", 0)
     conn = _conn()
     conn.receive_data(_HTTP_101, 0)
-    _raises("truncated", conn.receive_data, b"", 0)
+    raises(RemoteProtocolError, "truncated", conn.receive_data, b"", 0)
     conn = _conn()
     conn.receive_data(_HTTP_101 + login.build_server_key(_SERVER.public())[:20], 0)
-    _raises("truncated", conn.receive_data, b"", 0)
+    raises(RemoteProtocolError, "truncated", conn.receive_data, b"", 0)
 
 
 # --- steady state ---
@@ -291,7 +297,9 @@ def test_packets_both_ways():
     assert conn.send_packet(_OTHER, b"", 10) is True
     out = conn.data_to_send()
     assert out == frames.build_send_packet(_PEER, b"wireguard bytes") + frames.build_send_packet(_OTHER, b"")
-    conn.receive_data(frames.build_recv_packet(_PEER, b"reply") + frames.build_recv_packet(_OTHER, b"x" * 1400), 20)
+    conn.receive_data(
+        frames.build_recv_packet(_PEER, b"reply") + frames.build_recv_packet(_OTHER, b"x" * 1400), 20
+    )
     evs = _events(conn)
     assert [type(e) for e in evs] == [PacketReceived, PacketReceived]
     assert (evs[0].src, evs[0].data) == (_PEER, b"reply")
@@ -301,7 +309,7 @@ def test_packets_both_ways():
     big = bytes(frames.MAX_PACKET_SIZE)
     assert conn.send_packet(_PEER, big, 30)
     assert conn.data_to_send() == frames.build_send_packet(_PEER, big)
-    _raises_local("packet_too_large", conn.send_packet, _PEER, big + b"x", 30)
+    raises(LocalProtocolError, "packet_too_large", conn.send_packet, _PEER, big + b"x", 30)
 
 
 def test_sends_are_allowed_after_client_info_and_dropped_before():
@@ -329,7 +337,15 @@ def test_control_frames_become_events():
     conn.receive_data(stream, 0)
     evs = _events(conn)
     kinds = [type(e) for e in evs]
-    assert kinds == [KeepAliveReceived, PeerGone, PeerGone, PeerPresent, HealthChanged, HealthChanged, ServerRestarting]
+    assert kinds == [
+        KeepAliveReceived,
+        PeerGone,
+        PeerGone,
+        PeerPresent,
+        HealthChanged,
+        HealthChanged,
+        ServerRestarting,
+    ]
     assert (evs[1].peer, evs[1].reason) == (_PEER, frames.PEER_GONE_NOT_HERE)
     assert (evs[2].peer, evs[2].reason) == (_OTHER, frames.PEER_GONE_DISCONNECTED)
     assert (evs[3].key, evs[3].ip, evs[3].port, evs[3].flags) == (_PEER, bytes([10, 0, 0, 7]), 41641, 1)
@@ -356,11 +372,11 @@ def test_server_pings_are_answered():
 
 def test_our_ping_and_the_servers_pong():
     conn = _conn()
-    _raises_local("not_connected", conn.ping, b"12345678")
+    raises(LocalProtocolError, "not_connected", conn.ping, b"12345678")
     conn = _logged_in()
     conn.ping(b"\x01\x02\x03\x04\x05\x06\x07\x08")
     assert conn.data_to_send() == frames.build_ping(b"\x01\x02\x03\x04\x05\x06\x07\x08")
-    _raises_local("bad_length", conn.ping, b"short")
+    raises(LocalProtocolError, "bad_length", conn.ping, b"short")
     conn.receive_data(frames.build_pong(b"\x01\x02\x03\x04\x05\x06\x07\x08"), 0)
     evs = _events(conn)
     assert len(evs) == 1 and type(evs[0]) is PongReceived
@@ -403,15 +419,23 @@ def test_unknown_frames_are_skipped():
 
 def test_oversized_and_garbage_frames_kill_the_connection():
     conn = _logged_in()
-    _raises("frame_too_large", conn.receive_data, b"\x05\x00\x10\x00\x01", 0)  # 1 MiB + 1
-    _raises_local("conn_dead", conn.receive_data, b"\x06\x00\x00\x00\x00", 0)
+    raises(RemoteProtocolError, "frame_too_large", conn.receive_data, b"\x05\x00\x10\x00\x01", 0)  # 1 MiB + 1
+    raises(LocalProtocolError, "conn_dead", conn.receive_data, b"\x06\x00\x00\x00\x00", 0)
     assert conn.state() == "failed"
     assert conn.next_deadline() is None
     conn = _logged_in()
-    _raises("frame_too_large", conn.receive_data, b"GET / HTTP/1.1\r\n", 0)  # 'G', then 0x45542f20 bytes
+    raises(
+        RemoteProtocolError, "frame_too_large", conn.receive_data, b"GET / HTTP/1.1\r\n", 0
+    )  # 'G', then 0x45542f20 bytes
     conn = _logged_in(max_frame_len=1000)
     conn.receive_data(frames.build_recv_packet(_PEER, bytes(1000 - 32)), 0)
-    _raises("frame_too_large", conn.receive_data, frames.build_recv_packet(_PEER, bytes(1000 - 31)), 0)
+    raises(
+        RemoteProtocolError,
+        "frame_too_large",
+        conn.receive_data,
+        frames.build_recv_packet(_PEER, bytes(1000 - 31)),
+        0,
+    )
 
 
 def test_a_later_server_info_updates_the_limit_without_a_new_event():
@@ -484,7 +508,7 @@ def test_read_deadline_is_two_keep_alives_after_the_last_frame():
     conn.handle_timer(999_999)
     assert _events(conn) == []
     conn.receive_data(b"", 182_002)  # the shell's EOF after closing is harmless
-    _raises_local("out_of_order", conn.receive_data, b"x", 182_003)
+    raises(LocalProtocolError, "out_of_order", conn.receive_data, b"x", 182_003)
 
 
 def test_clean_eof_and_eof_inside_a_frame():
@@ -494,7 +518,7 @@ def test_clean_eof_and_eof_inside_a_frame():
     assert conn.state() == "closed"
     conn = _logged_in()
     conn.receive_data(frames.build_recv_packet(_PEER, b"cut")[:10], 0)
-    _raises("truncated", conn.receive_data, b"", 0)
+    raises(RemoteProtocolError, "truncated", conn.receive_data, b"", 0)
 
 
 # --- one script, fed every way ---

@@ -73,7 +73,9 @@ def test_old_reports_are_forgotten():
 def test_stickiness_needs_a_third_faster():
     assert _run([(0, {1: 4 * S, 2: 5 * S}), (1000, {1: 4 * S, 2: 3 * S})]).home == 1  # 3 > 4 * 2/3
     assert _run([(0, {1: 4 * S, 2: 5 * S}), (1000, {1: 4 * S, 2: S})]).home == 2
-    assert _run([(0, {1: 34 * MS, 2: 35 * MS}), (1000, {1: 34 * MS, 2: 23 * MS})]).home == 1  # 11 ms, but > 2/3
+    assert (
+        _run([(0, {1: 34 * MS, 2: 35 * MS}), (1000, {1: 34 * MS, 2: 23 * MS})]).home == 1
+    )  # 11 ms, but > 2/3
 
 
 def test_stickiness_needs_ten_milliseconds():

@@ -11,7 +11,6 @@ gives the same events.
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meshlet.derp import frames, login
 from meshlet.derp.client import ClientConn
 from meshlet.errors import LocalProtocolError, RemoteProtocolError
@@ -73,7 +72,7 @@ def _feed(chunks: "list[bytes]", eof: bool = True, **kwargs: object) -> "tuple[C
             while (ev := conn.next_event()) is not None:
                 events.append(repr(ev))
     except LocalProtocolError as e:  # pragma: no cover - a failure of the property
-        raise AssertionError("LocalProtocolError escaped: %r" % e)
+        raise AssertionError("LocalProtocolError escaped: %r" % e) from None
     except RemoteProtocolError:
         assert conn.state() == "failed"
         assert conn.next_deadline() is None
@@ -114,7 +113,9 @@ def test_random_frames_after_the_login_only_raise_remote_errors(data: bytes, cut
 
 @settings(max_examples=300)
 @given(
-    st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), min_size=1, max_size=4),
+    st.lists(
+        st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), min_size=1, max_size=4
+    ),
     st.lists(st.integers(min_value=0), max_size=8),
 )
 def test_mutated_scripts_only_raise_remote_errors(edits: "list[tuple[int, int]]", cuts: "list[int]") -> None:
@@ -126,8 +127,14 @@ def test_mutated_scripts_only_raise_remote_errors(edits: "list[tuple[int, int]]"
 
 
 @settings(max_examples=200)
-@given(st.integers(min_value=0), st.binary(min_size=1, max_size=20), st.lists(st.integers(min_value=0), max_size=8))
-def test_inserted_and_truncated_scripts_only_raise_remote_errors(at: int, extra: bytes, cuts: "list[int]") -> None:
+@given(
+    st.integers(min_value=0),
+    st.binary(min_size=1, max_size=20),
+    st.lists(st.integers(min_value=0), max_size=8),
+)
+def test_inserted_and_truncated_scripts_only_raise_remote_errors(
+    at: int, extra: bytes, cuts: "list[int]"
+) -> None:
     i = at % (len(_SCRIPT) + 1)
     _feed(_chunks(_SCRIPT[:i] + extra + _SCRIPT[i:], cuts))
     _, events, _ = _feed(_chunks(_SCRIPT[:i], cuts))

@@ -20,7 +20,7 @@ Protocol flow:
     ClientInfo   key + nonce + box(JSON)    --->
     [NotePreferred(1), if preferred]        --->      (sent without waiting, as tsnet does)
                                             <---      ServerInfo  => event Connected
-    SendPacket / NotePreferred / Ping / Pong --->
+    SendPacket, NotePreferred, Ping, Pong   --->
                                             <---      RecvPacket, KeepAlive, PeerGone, Ping,
                                                       Pong, Health, Restarting, PeerPresent
 
@@ -30,7 +30,7 @@ Theory of operation.
   SERVER_KEY, SERVER_INFO (ClientInfo sent), CONNECTED; then CLOSED (a clean
   EOF or a timeout) or FAILED (a ProtocolError was raised). Transitions happen
   only in `connect`, `_receive_http`, `_on_server_key`, `_on_server_info`,
-  `_end` and `receive_data`'s error path.
+  `_end`, `handle_timer` and `receive_data`'s error path.
 * Like Tailscale's client, packets may be sent as soon as ClientInfo is out
   (SERVER_INFO): ServerInfo is a welcome, not a permission. It is what makes
   the region count as connected, hence the `Connected` event.
@@ -60,6 +60,18 @@ import struct
 from .._compat import TYPE_CHECKING, const
 from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ..key import NodePrivate, NodePublic
+from .events import (
+    Connected,
+    ConnectionClosed,
+    ConnectionTimedOut,
+    HealthChanged,
+    KeepAliveReceived,
+    PacketReceived,
+    PeerGone,
+    PeerPresent,
+    PongReceived,
+    ServerRestarting,
+)
 from .frames import (
     CLIENT_MAX_FRAME_LEN,
     FRAME_HEADER_LEN,
@@ -94,6 +106,8 @@ from .login import build_client_info, parse_server_info, parse_server_key
 
 if TYPE_CHECKING:
     from typing import Callable, Protocol
+
+    from .events import Event
 
     class Log(Protocol):
         def __call__(self, fmt: str, *args: object) -> None: ...
@@ -138,163 +152,18 @@ class HttpStatusError(RemoteProtocolError):
         self.status = status
 
 
-# --- events: past-tense nouns, plain data ------------------------------------------
-
-
-class Connected:
-    """The server's ServerInfo arrived: the region counts as connected (derp.md §4).
-
-    Attributes:
-        server_key: the DERP server's public key, from its greeting.
-        token_bucket: (bytes per second, burst bytes) the server asked sends
-            to respect, or None when it set no limit.
-    """
-
-    __slots__ = ("server_key", "token_bucket")
-
-    def __init__(self, server_key: NodePublic, token_bucket: "tuple[int, int] | None") -> None:
-        self.server_key = server_key
-        self.token_bucket = token_bucket
-
-    def __repr__(self) -> str:
-        return "Connected(%s, %r)" % (self.server_key.short(), self.token_bucket)
-
-
-class PacketReceived:
-    """A RecvPacket: `data` (a WireGuard or disco packet) sent to us by `src`."""
-
-    __slots__ = ("src", "data")
-
-    def __init__(self, src: NodePublic, data: bytes) -> None:
-        self.src = src
-        self.data = data
-
-    def __repr__(self) -> str:
-        return "PacketReceived(%s, %d bytes)" % (self.src.short(), len(self.data))
-
-
-class PeerGone:
-    """`peer` left (reason PEER_GONE_DISCONNECTED) or is not here (PEER_GONE_NOT_HERE)."""
-
-    __slots__ = ("peer", "reason")
-
-    def __init__(self, peer: NodePublic, reason: int) -> None:
-        self.peer = peer
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return "PeerGone(%s, %d)" % (self.peer.short(), self.reason)
-
-
-class PeerPresent:
-    """A client connected to the server (mesh watchers only; see frames.parse_peer_present).
-
-    Attributes:
-        key: its node key; ip: 4 or 16 bytes, or None from old servers;
-        port: its source port; flags: PEER_PRESENT_* bits.
-    """
-
-    __slots__ = ("key", "ip", "port", "flags")
-
-    def __init__(self, key: NodePublic, ip: "bytes | None", port: int, flags: int) -> None:
-        self.key = key
-        self.ip = ip
-        self.port = port
-        self.flags = flags
-
-    def __repr__(self) -> str:
-        return "PeerPresent(%s, flags=%d)" % (self.key.short(), self.flags)
-
-
-class KeepAliveReceived:
-    """The server's keep-alive (every 60-65 s); proof that the connection is alive."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "KeepAliveReceived()"
-
-
-class PongReceived:
-    """The answer to our `ping(data)`."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __repr__(self) -> str:
-        return "PongReceived(%s)" % self.data.hex()
-
-
-class HealthChanged:
-    """The server's health message: a problem, or "" for healthy again."""
-
-    __slots__ = ("problem",)
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-    def __repr__(self) -> str:
-        return "HealthChanged(%r)" % self.problem
-
-
-class ServerRestarting:
-    """The server is restarting: reconnect after `reconnect_in_ms`, keep trying for `try_for_ms`."""
-
-    __slots__ = ("reconnect_in_ms", "try_for_ms")
-
-    def __init__(self, reconnect_in_ms: int, try_for_ms: int) -> None:
-        self.reconnect_in_ms = reconnect_in_ms
-        self.try_for_ms = try_for_ms
-
-    def __repr__(self) -> str:
-        return "ServerRestarting(%d, %d)" % (self.reconnect_in_ms, self.try_for_ms)
-
-
-class ConnectionTimedOut:
-    """A deadline passed: the login ("login") or the next frame ("read") took too long.
-
-    The connection is over; the shell closes the socket and reconnects.
-    """
-
-    __slots__ = ("phase",)
-
-    def __init__(self, phase: str) -> None:
-        self.phase = phase
-
-    def __repr__(self) -> str:
-        return "ConnectionTimedOut(%r)" % self.phase
-
-
-class ConnectionClosed:
-    """The server closed the stream cleanly between frames."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "ConnectionClosed()"
-
-
-if TYPE_CHECKING:
-    Event = (
-        Connected
-        | PacketReceived
-        | PeerGone
-        | PeerPresent
-        | KeepAliveReceived
-        | PongReceived
-        | HealthChanged
-        | ServerRestarting
-        | ConnectionTimedOut
-        | ConnectionClosed
-    )
-
-
 class ClientStats:
     """Counters. `dropped` maps a stable reason ("rate_limited", "short", ...) to a count."""
 
-    __slots__ = ("dropped", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "pongs_sent", "unknown_frames")
+    __slots__ = (
+        "dropped",
+        "rx_packets",
+        "rx_bytes",
+        "tx_packets",
+        "tx_bytes",
+        "pongs_sent",
+        "unknown_frames",
+    )
 
     def __init__(self) -> None:
         self.dropped: "dict[str, int]" = {}
@@ -598,7 +467,9 @@ class ClientConn:
             frame_type, payload = frame
             if self._state == _SERVER_KEY:
                 if frame_type != FRAME_SERVER_KEY:
-                    raise RemoteProtocolError("unexpected_frame", "frame type %d before ServerKey" % frame_type)
+                    raise RemoteProtocolError(
+                        "unexpected_frame", "frame type %d before ServerKey" % frame_type
+                    )
                 self._on_server_key(payload)
                 continue
             handler = _HANDLERS.get(frame_type)

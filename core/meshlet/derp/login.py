@@ -19,7 +19,15 @@ from .._compat import const
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..key import NodePrivate, NodePublic
 from ..wire import Reader, Writer
-from .frames import FRAME_CLIENT_INFO, FRAME_SERVER_INFO, FRAME_SERVER_KEY, KEY_LEN, MAGIC, NONCE_LEN, encode_frame
+from .frames import (
+    FRAME_CLIENT_INFO,
+    FRAME_SERVER_INFO,
+    FRAME_SERVER_KEY,
+    KEY_LEN,
+    MAGIC,
+    NONCE_LEN,
+    encode_frame,
+)
 
 MAX_INFO_LEN = 1 << 20  # the client's limit on a ServerInfo box
 MAX_CLIENT_INFO_LEN = 256 << 10  # the server's cap on ClientInfo, against JSON resource exhaustion

@@ -92,7 +92,10 @@ class HomeRegion:
     """
 
     def __init__(
-        self, scores: "dict[int, float] | None" = None, force_region: int = 0, max_age_ms: int = HISTORY_MAX_AGE_MS
+        self,
+        scores: "dict[int, float] | None" = None,
+        force_region: int = 0,
+        max_age_ms: int = HISTORY_MAX_AGE_MS,
     ) -> None:
         self.scores: "dict[int, float]" = dict(scores) if scores else {}
         self.force_region = force_region
@@ -143,7 +146,11 @@ class HomeRegion:
         force = self.force_region
         if force and (force in latencies_us or _heard_recently(heard.get(force), start, now_ms)):
             home = force
-        if home == 0 and prev_heard is not None and prev_heard > now_ms - PREFERRED_DERP_KEEP_ALIVE_TIMEOUT_MS:
+        if (
+            home == 0
+            and prev_heard is not None
+            and prev_heard > now_ms - PREFERRED_DERP_KEEP_ALIVE_TIMEOUT_MS
+        ):
             home = prev
         if not may_change and prev != 0:
             home = prev
