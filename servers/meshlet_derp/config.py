@@ -129,7 +129,9 @@ class Config:
             if getattr(self, name) < 0:
                 raise ConfigError("%s must not be negative (0 turns it off)" % name)
         if self.mesh_with and not self.mesh_psk_file:
-            raise ConfigError("--mesh-with needs the region's mesh key: add --mesh-psk-file FILE (64 hex digits)")
+            raise ConfigError(
+                "--mesh-with needs the region's mesh key: add --mesh-psk-file FILE (64 hex digits)"
+            )
         self._validate_tls()
 
     def _validate_tls(self) -> None:
@@ -139,21 +141,25 @@ class Config:
             raise ConfigError("TLS needs both --certfile and --keyfile (or --certdir with --hostname)")
         if not self.certfile and not (self.certdir and self.hostname):
             raise ConfigError(
-                "TLS needs a certificate: give --certfile and --keyfile, or --certdir DIR with --hostname NAME "
-                "(DIR/NAME.crt and DIR/NAME.key); or serve plain HTTP with --http"
+                "TLS needs a certificate: give --certfile and --keyfile, or --certdir DIR with --hostname "
+                "NAME (DIR/NAME.crt and DIR/NAME.key); or serve plain HTTP with --http"
             )
         files = self.tls_files()
         assert files is not None
         for path in files:
             if not os.path.isfile(path):
-                raise ConfigError("TLS file %s does not exist; check --certfile/--keyfile or --certdir" % path)
+                raise ConfigError(
+                    "TLS file %s does not exist; check --certfile/--keyfile or --certdir" % path
+                )
 
 
 def parse_hostport(text: str, what: str, need_host: bool = False) -> tuple[str, int]:
-    """":443" -> ("", 443); "[::1]:3340" -> ("::1", 3340); "host:80" -> ("host", 80)."""
+    """ ":443" -> ("", 443); "[::1]:3340" -> ("::1", 3340); "host:80" -> ("host", 80)."""
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError("%s %r is not HOST:PORT; write e.g. \":443\", \"0.0.0.0:3340\" or \"[::1]:443\"" % (what, text))
+        raise ConfigError(
+            '%s %r is not HOST:PORT; write e.g. ":443", "0.0.0.0:3340" or "[::1]:443"' % (what, text)
+        )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
@@ -161,7 +167,7 @@ def parse_hostport(text: str, what: str, need_host: bool = False) -> tuple[str, 
         except ValueError:
             raise ConfigError("%s %r: %s in brackets is not an IPv6 address" % (what, text, host)) from None
     elif ":" in host:
-        raise ConfigError("%s %r: put an IPv6 address in brackets, e.g. \"[::1]:443\"" % (what, text))
+        raise ConfigError('%s %r: put an IPv6 address in brackets, e.g. "[::1]:443"' % (what, text))
     if need_host and not host:
         raise ConfigError("%s %r needs a host name or address before the port" % (what, text))
     return host, int(port_text)

@@ -41,7 +41,8 @@ class _PlainFormatter(logging.Formatter):
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         obj = {
-            "ts": "%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)), record.msecs),
+            "ts": "%s.%03dZ"
+            % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)), record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -59,7 +60,9 @@ def setup(verbose: bool = False, json_logs: bool = False) -> None:
     elif os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(_PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(
+            _PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
     root = logging.getLogger("meshlet_derp")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -80,7 +83,9 @@ class RateLimitedLog:
         start, printed, suppressed = self._windows.get(key, (now, 0, 0))
         if now - start >= self.interval_s:
             if suppressed:
-                self.logger.log(level, "%d more like %r suppressed in the last %.0f s", suppressed, key, now - start)
+                self.logger.log(
+                    level, "%d more like %r suppressed in the last %.0f s", suppressed, key, now - start
+                )
             start, printed, suppressed = now, 0, 0
         if printed < self.burst:
             self.logger.log(level, fmt, *args)

@@ -31,7 +31,11 @@ DROP_REASONS = (
 # (name, type, help) for the plain attribute counters and gauges.
 _SCALARS = (
     ("connections_accepted_total", "counter", "TCP connections accepted on the DERP listener"),
-    ("connections_refused_total", "counter", "connections closed at once because max_connections was reached"),
+    (
+        "connections_refused_total",
+        "counter",
+        "connections closed at once because max_connections was reached",
+    ),
     ("http_connections", "gauge", "connections still speaking HTTP (not yet upgraded)"),
     ("derp_connections", "gauge", "upgraded DERP connections, logged in or not"),
     ("clients_local", "gauge", "distinct node keys connected to this relay"),
@@ -146,9 +150,17 @@ class Metrics:
         _labelled(out, "bytes_dropped_total", "packet bytes dropped, by reason and kind", self.bytes_dropped,
                   ("reason", "kind"))  # fmt: skip
         errors = {(k,): v for k, v in self.connection_errors.items()}
-        _labelled(out, "connection_errors_total", "connections closed on an error, by reason", errors, ("reason",))
+        _labelled(
+            out, "connection_errors_total", "connections closed on an error, by reason", errors, ("reason",)
+        )
         requests = {(e, str(s)): v for (e, s), v in self.http_requests.items()}
-        _labelled(out, "http_requests_total", "HTTP requests, by endpoint and status", requests, ("endpoint", "code"))
+        _labelled(
+            out,
+            "http_requests_total",
+            "HTTP requests, by endpoint and status",
+            requests,
+            ("endpoint", "code"),
+        )
         stun = {(k,): v for k, v in self.stun_dropped.items()}
         _labelled(out, "stun_dropped_total", "STUN datagrams dropped, by reason", stun, ("reason",))
         for name, (help_text, fn) in sorted(self.gauges.items()):

@@ -37,7 +37,7 @@ import socket
 import ssl
 import struct
 import time
-from typing import Any
+from typing import Any, cast
 
 from meshlet.derp import frames
 from meshlet.derp import server as derp_server
@@ -56,7 +56,10 @@ log = logging.getLogger("meshlet_derp.server")
 
 _RECV_HEADER = struct.Struct(">BI")
 _RECV_OVERHEAD = frames.FRAME_HEADER_LEN + frames.KEY_LEN  # header + source key before the packet
+_SEND_OVERHEAD = frames.KEY_LEN  # Tailscale charges the frame length: destination key + packet
 _FLUSH_BYTES = 256 << 10  # at most this much per connection per flush; the rest waits a turn
+_WRITE_CHUNK = 64 << 10  # write in pieces so the transport can pause us between them
+_ASYNCIO_TLS_BUFFER = 32 << 10  # see _shrink_asyncio_tls_buffers
 _MIN_BURST = frames.MAX_PACKET_SIZE + frames.KEY_LEN  # Tailscale's minRateLimitTokenBucketSize
 
 
@@ -104,6 +107,7 @@ class DerpServer:
         cfg = self.cfg
         if not cfg.http:
             self.ssl_context = build_ssl_context(cfg)
+            _shrink_asyncio_tls_buffers()
         host, port = cfg.listen_addr()
         srv = await loop.create_server(
             lambda: Connection(self),
@@ -120,13 +124,17 @@ class DerpServer:
             from .config import parse_hostport
 
             mhost, mport = parse_hostport(cfg.metrics_addr, "metrics_addr")
-            msrv = await loop.create_server(lambda: MetricsConnection(self), mhost or None, mport, reuse_address=True)
+            msrv = await loop.create_server(
+                lambda: MetricsConnection(self), mhost or None, mport, reuse_address=True
+            )
             self._servers.append(msrv)
             self.metrics_addr = _bound(msrv)
         if cfg.stun:
             from .stun import start_stun
 
-            self._stun_transports, self.stun_addrs = await start_stun(host, cfg.stun_port, self.metrics, self.rlog)
+            self._stun_transports, self.stun_addrs = await start_stun(
+                host, cfg.stun_port, self.metrics, self.rlog
+            )
         if cfg.mesh_with and self.mesh_key is not None:
             from .mesh import MeshClient
 
@@ -211,7 +219,7 @@ class Connection(asyncio.Protocol):
         "server", "transport", "http", "derp", "key", "is_mesh_peer", "is_dup", "registered", "peer_ip",
         "peer_port", "other_q", "disco_q", "control", "pong", "paused", "paused_since_ms", "timer",
         "timer_at_ms", "http_deadline_ms", "last_recv_ms", "pending_flush", "closed", "preferred",
-        "ideal_node", "rl_tokens", "rl_last_ms", "rl_paused",
+        "ideal_node", "rl_on", "rl_tokens", "rl_last_ms", "rl_paused",
     )  # fmt: skip
 
     def __init__(self, server: DerpServer) -> None:
@@ -239,6 +247,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.preferred = False
         self.ideal_node = ""
+        self.rl_on = False
         self.rl_tokens = 0.0
         self.rl_last_ms = 0
         self.rl_paused = False
@@ -250,15 +259,20 @@ class Connection(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        try:
+            self._accepted(self.transport)
+        except Exception as e:  # noqa: BLE001 - the accept loop must never see an exception
+            self.internal_error(e)
+
+    def _accepted(self, transport: asyncio.Transport) -> None:
         s = self.server
         m = s.metrics
         m.connections_accepted_total += 1
         if s.cfg.max_connections and len(s.connections) >= s.cfg.max_connections:
             m.connections_refused_total += 1
-            s.rlog.log(logging.WARNING, "max_connections", "derp: refusing connection: max_connections=%d reached",
-                       s.cfg.max_connections)  # fmt: skip
+            msg = "derp: refusing connection: max_connections=%d reached"
+            s.rlog.log(logging.WARNING, "max_connections", msg, s.cfg.max_connections)
             self.closed = True
             transport.abort()
             return
@@ -380,6 +394,7 @@ class Connection(asyncio.Protocol):
             server_info=s.server_info,
             handshake_timeout_ms=int(cfg.handshake_timeout_s * 1000),
             keep_alive_ms=int(cfg.keep_alive_s * 1000),
+            keep_alive_jitter_ms=int(cfg.keep_alive_s * 1000) // 12,  # 5 s at the default 60 s
         )
         self.transport.write(self.derp.greeting())
         if up.trailing:
@@ -392,10 +407,16 @@ class Connection(asyncio.Protocol):
     def _derp_data(self, data: bytes) -> None:
         derp = self.derp
         assert derp is not None
-        s = self.server
-        now = s.now_ms()
+        now = self.server.now_ms()
         self.last_recv_ms = now
         derp.receive_data(data, now)
+        self._derp_events(now)
+
+    def _derp_events(self, now: int) -> None:
+        """Acts on every buffered frame, or until the rate limit pauses this client."""
+        derp = self.derp
+        assert derp is not None
+        s = self.server
         registry = s.registry
         m = s.metrics
         next_event = derp.next_event
@@ -413,6 +434,8 @@ class Connection(asyncio.Protocol):
                 if self.is_dup:
                     registry.note_activity(self)
                 registry.route(self, ev.dst, packet, disco)
+                if self.rl_on and self._rate_spend(len(packet) + _SEND_OVERHEAD, now):
+                    break  # the rest stays in the frame reader until the bucket refills
             else:
                 self._event(ev, now)
             if self.closed:
@@ -420,8 +443,6 @@ class Connection(asyncio.Protocol):
         out = derp.data_to_send()
         if out:
             self.send_control(out)
-        if self.rl_tokens or s.rate_bytes_per_s:
-            self._rate_limit(len(data), now)
         self._arm()
 
     def _event(self, ev: object, now: int) -> None:
@@ -465,29 +486,56 @@ class Connection(asyncio.Protocol):
         else:
             log.debug("derp: client=%s addr=%s logged in", ev.key.short(), self._addr())
         if s.rate_bytes_per_s and not ev.is_mesh_peer:
+            self.rl_on = True
             self.rl_tokens = float(s.rate_burst)
             self.rl_last_ms = now
         s.registry.register(self)
 
-    def _rate_limit(self, n: int, now: int) -> None:
+    def _rate_spend(self, n: int, now: int) -> bool:
+        """Takes `n` bytes from the client's bucket; True if reading must pause (Tailscale's rateLimit)."""
         s = self.server
-        if not self.registered or self.is_mesh_peer or not s.rate_bytes_per_s:
-            return
         rate = s.rate_bytes_per_s
-        self.rl_tokens = min(float(s.rate_burst), self.rl_tokens + (now - self.rl_last_ms) * rate / 1000.0)
-        self.rl_last_ms = now
+        self._rate_refill(now)
         self.rl_tokens -= n
-        if self.rl_tokens < 0 and not self.rl_paused and self.transport is not None:
-            s.metrics.rate_limit_waits_total += 1
-            self.rl_paused = True
+        if self.rl_tokens >= 0:
+            return False
+        s.metrics.rate_limit_waits_total += 1
+        if not self.rl_paused and self.transport is not None:
+            self.rl_paused = True  # one timer at a time; _rate_resume re-arms it while the bucket is short
             self.transport.pause_reading()
             assert s._loop is not None
             s._loop.call_later(-self.rl_tokens / rate, self._rate_resume)
+        return True
+
+    def _rate_refill(self, now: int) -> None:
+        s = self.server
+        self.rl_tokens = min(
+            float(s.rate_burst), self.rl_tokens + (now - self.rl_last_ms) * s.rate_bytes_per_s / 1000.0
+        )
+        self.rl_last_ms = now
 
     def _rate_resume(self) -> None:
-        self.rl_paused = False
-        if not self.closed and self.transport is not None:
+        if self.closed or self.transport is None:
+            return
+        now = self.server.now_ms()
+        self._rate_refill(now)
+        try:
+            self._derp_events(now)
+        except ProtocolError as e:
+            self.fail(e.reason, e.detail)
+            return
+        except Exception as e:  # noqa: BLE001
+            self.internal_error(e)
+            return
+        if self.closed:
+            return
+        if self.rl_tokens >= 0:
+            self.rl_paused = False
             self.transport.resume_reading()
+        else:
+            loop = self.server._loop
+            assert loop is not None
+            loop.call_later(max(-self.rl_tokens / self.server.rate_bytes_per_s, 0.002), self._rate_resume)
 
     # -- the registry's Client interface -------------------------------------------------
 
@@ -512,9 +560,13 @@ class Connection(asyncio.Protocol):
             lane = self.other_q
             if lane is None:
                 lane = self.other_q = collections.deque()
+        if len(lane) >= self.server.cfg.queue_depth and not self.paused and not self.closed:
+            self.flush(1 << 62)  # the socket takes more: write now rather than drop
         if len(lane) >= self.server.cfg.queue_depth:
             old = lane.popleft()
-            self.server.metrics.drop("queue_head", None, "disco" if disco else "other", len(old) - _RECV_OVERHEAD)
+            self.server.metrics.drop(
+                "queue_head", None, "disco" if disco else "other", len(old) - _RECV_OVERHEAD
+            )
         lane.append(frame)
         if not self.pending_flush and not self.paused:
             self.pending_flush = True
@@ -542,8 +594,12 @@ class Connection(asyncio.Protocol):
     def has_output(self) -> bool:
         return bool(self.control or self.pong or self.other_q or self.disco_q)
 
-    def flush(self) -> None:
-        """Writes control frames, the pending Pong, then packets (disco lane first)."""
+    def flush(self, limit: int = _FLUSH_BYTES) -> None:
+        """Writes control frames, the pending Pong, then up to `limit` bytes of packets (disco lane first).
+
+        The transport may pause us in the middle (its buffer above the high-water
+        mark): the rest stays queued until it resumes.
+        """
         t = self.transport
         if self.closed or self.paused or t is None:
             return
@@ -556,14 +612,20 @@ class Connection(asyncio.Protocol):
             parts.append(frames.build_pong(self.pong))
             self.pong = None
             m.pongs_total += 1
-        size = 0
+        size = pending = 0
         for lane in (self.disco_q, self.other_q):
-            while lane and size < _FLUSH_BYTES:
+            while lane and size < limit and not self.paused:
                 frame = lane.popleft()
                 parts.append(frame)
-                size += len(frame)
+                n = len(frame)
+                size += n
+                pending += n
                 m.packets_sent_total += 1
-                m.bytes_sent_total += len(frame) - _RECV_OVERHEAD
+                m.bytes_sent_total += n - _RECV_OVERHEAD
+                if pending >= _WRITE_CHUNK:
+                    t.writelines(parts)  # may call pause_writing() at once
+                    parts = []
+                    pending = 0
         if parts:
             t.writelines(parts)
         if (self.other_q or self.disco_q) and not self.paused:
@@ -646,8 +708,16 @@ class Connection(asyncio.Protocol):
         s = self.server
         s.metrics.connection_error(reason)
         who = self.key.short() if self.registered else "-"
-        s.rlog.log(logging.INFO, reason, "derp: closing client=%s addr=%s reason=%s%s", who, self._addr(), reason,
-                   " (%s)" % detail if detail else "")  # fmt: skip
+        more = " (%s)" % detail if detail else ""
+        s.rlog.log(
+            logging.INFO,
+            reason,
+            "derp: closing client=%s addr=%s reason=%s%s",
+            who,
+            self._addr(),
+            reason,
+            more,
+        )
         self.abort(reason)
 
     def internal_error(self, e: BaseException) -> None:
@@ -682,10 +752,9 @@ class MetricsConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.server.cfg.request_timeout_s, transport.abort)
+        self.timer = loop.call_later(self.server.cfg.request_timeout_s, self.transport.abort)
 
     def data_received(self, data: bytes) -> None:
         t = self.transport
@@ -697,7 +766,9 @@ class MetricsConnection(asyncio.Protocol):
             t.close()
             return
         except Exception as e:  # noqa: BLE001
-            self.server.rlog.log(logging.ERROR, "metrics:" + type(e).__name__, "derp: metrics request failed: %r", e)
+            self.server.rlog.log(
+                logging.ERROR, "metrics:" + type(e).__name__, "derp: metrics request failed: %r", e
+            )
             t.abort()
             return
         if out:
@@ -724,6 +795,17 @@ def build_ssl_context(cfg: Config) -> ssl.SSLContext:
     ctx.load_cert_chain(files[0], files[1])
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def _shrink_asyncio_tls_buffers() -> None:
+    """The default loop's TLS keeps a 256 KiB read buffer per connection (asyncio.sslproto's
+    SSLProtocol.max_size), which made an idle TLS client cost ~290 KB. 32 KiB still holds two whole TLS
+    records (16 KiB each); tools/bench/derp_relay.py --tls-idle shows the difference. uvloop has its own
+    TLS and is unaffected."""
+    import asyncio.sslproto
+
+    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > _ASYNCIO_TLS_BUFFER:
+        asyncio.sslproto.SSLProtocol.max_size = _ASYNCIO_TLS_BUFFER
 
 
 def _tune_socket(transport: asyncio.Transport, cfg: Config) -> None:

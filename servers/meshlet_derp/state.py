@@ -31,7 +31,9 @@ def load_or_create_server_key(state_dir: str) -> tuple[NodePrivate, bool]:
     except FileNotFoundError:
         return _create(state_dir, path), True
     except OSError as e:
-        raise ConfigError("cannot read %s: %s; check --state-dir and its permissions" % (path, e.strerror)) from None
+        raise ConfigError(
+            "cannot read %s: %s; check --state-dir and its permissions" % (path, e.strerror)
+        ) from None
     with os.fdopen(fd, "r", encoding="ascii", errors="replace") as f:
         mode = os.fstat(f.fileno()).st_mode
         text = f.read(4096).strip()
@@ -41,8 +43,8 @@ def load_or_create_server_key(state_dir: str) -> tuple[NodePrivate, bool]:
         return NodePrivate.from_text(text), False
     except ProtocolError:
         raise ConfigError(
-            "%s is not a meshlet-derp key (want privkey: and 64 hex digits); move it away to generate a new one"
-            % path
+            "%s is not a meshlet-derp key (want privkey: and 64 hex digits); "
+            "move it away to generate a new one" % path
         ) from None
 
 
@@ -51,7 +53,8 @@ def _create(state_dir: str, path: str) -> NodePrivate:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
     except OSError as e:
         raise ConfigError(
-            "cannot create state directory %s: %s; create it or pass --state-dir DIR" % (state_dir, e.strerror)
+            "cannot create state directory %s: %s; create it or pass --state-dir DIR"
+            % (state_dir, e.strerror)
         ) from None
     key = NodePrivate.generate(os.urandom)
     tmp = "%s.tmp-%d" % (path, os.getpid())
@@ -86,7 +89,8 @@ def load_mesh_key(path: str) -> bytes:
         raise ConfigError("cannot read mesh key %s: %s; check --mesh-psk-file" % (path, e.strerror)) from None
     if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
         raise ConfigError(
-            "mesh key %s must hold exactly 64 hex digits; make one with `openssl rand -hex 32 > %s`" % (path, path)
+            "mesh key %s must hold exactly 64 hex digits; make one with `openssl rand -hex 32 > %s`"
+            % (path, path)
         )
     key = bytes.fromhex(text)
     if key == bytes(32):

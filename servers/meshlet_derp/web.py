@@ -8,7 +8,7 @@ derpserver/handler.go and cmd/derper):
 | `/derp` with `Upgrade: DERP` | the exact 101 of §2.3 (or nothing with `Derp-Fast-Start: 1`), then DERP |
 | `/derp` otherwise | 426 "DERP requires connection upgrade" |
 | `/derp/probe`, `/derp/latency-check` | GET/HEAD: 200, `Access-Control-Allow-Origin: *`; else 405 |
-| `/generate_204` | 204; `X-Tailscale-Challenge: c` (≤ 64 of `[A-Za-z0-9._:-]`) → `X-Tailscale-Response: response c` |
+| `/generate_204` | 204, plus `X-Tailscale-Response: response c` for a valid `X-Tailscale-Challenge: c` |
 | `/` | 200, a line saying what this is |
 | `/robots.txt` | disallow everything |
 | anything else | 404 |
@@ -22,6 +22,7 @@ and pipelining work as h11 allows.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Callable
 
 import h11
@@ -132,6 +133,10 @@ class HttpSession:
 
     def _event(self, ev: object, out: list[bytes]) -> Upgrade | None:
         if isinstance(ev, h11.Request):
+            # h11 caps only an *incomplete* head; a complete one that arrived in one read is checked here.
+            if len(ev.target) + sum(len(k) + len(v) + 4 for k, v in ev.headers) > MAX_HEAD_BYTES:
+                out.append(self._error_response(431, "http_head_too_large"))
+                raise HttpError("http_head_too_large", b"".join(out))
             self._request = ev
             self._body_bytes = 0
             if self.mode == "derp" and _path(ev) == "/derp":
@@ -211,7 +216,9 @@ class HttpSession:
                 headers.append((b"Content-Type", b"text/plain; charset=utf-8"))
             headers.append((b"Content-Length", b"%d" % len(body)))
         headers.extend(extra or ())
-        data = self.conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        data = (
+            self.conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b""
+        )
         if body and method != b"HEAD":
             data += self.conn.send(h11.Data(data=body)) or b""
         data += self.conn.send(h11.EndOfMessage()) or b""
@@ -225,13 +232,25 @@ class HttpSession:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return b""
         body = ("%d %s\n" % (status, reason)).encode()
-        headers = [(b"Content-Type", b"text/plain"), (b"Content-Length", b"%d" % len(body)), (b"Connection", b"close")]
+        headers = [
+            (b"Content-Type", b"text/plain"),
+            (b"Content-Length", b"%d" % len(body)),
+            (b"Connection", b"close"),
+        ]
         try:
-            return (self.conn.send(h11.Response(status_code=status, headers=headers)) or b"") + (
-                self.conn.send(h11.Data(data=body)) or b""
-            )
+            return (
+                self.conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+                or b""
+            ) + (self.conn.send(h11.Data(data=body)) or b"")
         except h11.LocalProtocolError:
             return b""
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _path(req: h11.Request) -> str:

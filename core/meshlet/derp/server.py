@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 # Implementation constants (derp.md §4, §6; Tailscale derpserver.go).
 HANDSHAKE_TIMEOUT_MS = 10_000  # for ClientInfo to arrive; Tailscale's accept() deadline
-KEEP_ALIVE_JITTER_MS = 5_000  # keep-alives every 60 s + random(0..5 s)
+KEEP_ALIVE_JITTER_MS = 5_000  # keep-alives every 60 s + random(0..5 s), drawn once per connection
 
 AWAIT_CLIENT_INFO = "AWAIT_CLIENT_INFO"
 LOGGED_IN = "LOGGED_IN"
@@ -120,7 +120,11 @@ class ForwardPacketReceived:
         self.data = data
 
     def __repr__(self) -> str:
-        return "ForwardPacketReceived(%s -> %s, %d bytes)" % (self.src.short(), self.dst.short(), len(self.data))
+        return "ForwardPacketReceived(%s -> %s, %d bytes)" % (
+            self.src.short(),
+            self.dst.short(),
+            len(self.data),
+        )
 
 
 class NotePreferred:
@@ -208,9 +212,9 @@ class ServerConn:
             default `{"version": 2}`. Put TokenBucketBytesPerSecond/Burst here
             when the shell rate-limits clients, so they pace themselves.
         handshake_timeout_ms: how long ClientInfo may take to arrive.
-        keep_alive_ms: the keep-alive interval once logged in (60 s); each one
-            is followed by a random extra of up to `keep_alive_jitter_ms`.
-            0 turns keep-alives off.
+        keep_alive_ms: the keep-alive interval once logged in (60 s), plus a
+            random extra of up to `keep_alive_jitter_ms` drawn once per
+            connection (so connections spread out). 0 turns keep-alives off.
 
     Attributes:
         state: AWAIT_CLIENT_INFO, LOGGED_IN, CLOSED or ERROR.
@@ -370,10 +374,10 @@ class ServerConn:
         if self._keep_alive_ms <= 0:
             self._next_keep_alive_ms = -1
             return
-        jitter = 0
-        if self._jitter_ms > 0:
-            jitter = int.from_bytes(self._random(4), "big") % self._jitter_ms
-        self._next_keep_alive_ms = now_ms + self._keep_alive_ms + jitter
+        if self._next_keep_alive_ms < 0 and self._jitter_ms > 0:
+            # Drawn once per connection, as Tailscale's ticker: NewTicker(KeepAlive + rand.N(5 s)).
+            self._keep_alive_ms += int.from_bytes(self._random(4), "big") % self._jitter_ms
+        self._next_keep_alive_ms = now_ms + self._keep_alive_ms
 
     def _dispatch(self, frame_type: int, payload: bytes) -> "Event":
         if frame_type == frames.FRAME_SEND_PACKET:
