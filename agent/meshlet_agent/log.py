@@ -13,8 +13,9 @@ Elsewhere lines carry an ISO timestamp and the level name:
 
 import logging
 import os
-import socket
 import sys
+
+from meshlet_host import systemd
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -50,14 +51,4 @@ def setup(level: int = logging.INFO) -> None:
 
 def sd_notify(state: str) -> None:
     """Tells systemd about start-up or shutdown (`READY=1`, `STOPPING=1`) when run as Type=notify."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError as e:
-        logging.getLogger("meshlet_agent.log").debug("sd_notify(%s) failed: %s", state, e)
+    systemd.notify(state)

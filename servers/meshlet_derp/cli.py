@@ -21,9 +21,9 @@ import sys
 from typing import Any, Callable, Coroutine, Sequence
 
 from meshlet import __version__
+from meshlet_host import systemd
 
 from . import log as derp_log
-from .server import DerpServer
 from .config import (
     DEFAULT_HTTP_ADDR,
     DEFAULT_METRICS_ADDR,
@@ -35,6 +35,7 @@ from .config import (
     apply,
     load_toml,
 )
+from .server import DerpServer
 
 _EPILOG = """\
 examples:
@@ -188,14 +189,14 @@ def _run(cfg: Config) -> int:
 
 async def _serve(server: DerpServer) -> None:
     await server.start()
-    _sd_notify("READY=1")
+    systemd.notify("READY=1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logging.getLogger("meshlet_derp").info("derp: shutting down")
-    _sd_notify("STOPPING=1")
+    systemd.notify("STOPPING=1")
     await server.close()
 
 
@@ -228,21 +229,3 @@ def _bind_error(e: OSError, cfg: Config) -> str:
     if e.errno == errno.EADDRNOTAVAIL:
         return "cannot listen: %s; the address in -a/--addr is not on this machine" % (e.strerror or e)
     return "cannot start: %s" % e
-
-
-def _sd_notify(state: str) -> None:
-    """Tells systemd (Type=notify) about start-up and shutdown."""
-    import os
-    import socket
-
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError:
-        pass

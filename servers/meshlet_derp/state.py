@@ -15,10 +15,10 @@ as derper's `--mesh-psk-file`. Generate one with `openssl rand -hex 32`.
 from __future__ import annotations
 
 import os
-import stat
 
 from meshlet.errors import ProtocolError
 from meshlet.key import NodePrivate
+from meshlet_host import statefile
 
 from .config import KEY_FILE_NAME, ConfigError
 
@@ -27,57 +27,21 @@ def load_or_create_server_key(state_dir: str) -> tuple[NodePrivate, bool]:
     """(the key, whether it was just created)."""
     path = os.path.join(state_dir, KEY_FILE_NAME)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        return _create(state_dir, path), True
-    except OSError as e:
-        raise ConfigError(
-            "cannot read %s: %s; check --state-dir and its permissions" % (path, e.strerror)
-        ) from None
-    with os.fdopen(fd, "r", encoding="ascii", errors="replace") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        text = f.read(4096).strip()
-    if stat.S_IMODE(mode) & 0o077:
-        raise ConfigError("%s is readable by group or others; run `chmod 600 %s`" % (path, path))
+        data = statefile.read_private(path, 4096)
+        if data is None:
+            statefile.ensure_dir(state_dir)
+            key = NodePrivate.generate(os.urandom)
+            statefile.write_atomic(path, (key.to_text() + "\n").encode())
+            return key, True
+    except statefile.StateFileError as e:
+        raise ConfigError("%s (--state-dir %s)" % (e, state_dir)) from None
     try:
-        return NodePrivate.from_text(text), False
+        return NodePrivate.from_text(data.decode("ascii", errors="replace").strip()), False
     except ProtocolError:
         raise ConfigError(
             "%s is not a meshlet-derp key (want privkey: and 64 hex digits); "
             "move it away to generate a new one" % path
         ) from None
-
-
-def _create(state_dir: str, path: str) -> NodePrivate:
-    try:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(
-            "cannot create state directory %s: %s; create it or pass --state-dir DIR"
-            % (state_dir, e.strerror)
-        ) from None
-    key = NodePrivate.generate(os.urandom)
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, (key.to_text() + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        dfd = os.open(state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise ConfigError("cannot write %s: %s; make --state-dir writable" % (path, e.strerror)) from None
-    return key
 
 
 def load_mesh_key(path: str) -> bytes:

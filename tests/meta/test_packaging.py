@@ -1,14 +1,15 @@
 """The wheel layout promise of STYLE §4.2, checked without building anything.
 
-One distribution, five top-level import names, each in its wrapper folder:
+One distribution, six top-level import names, each in its wrapper folder:
 
     meshlet            core/meshlet
     meshlet_agent      agent/meshlet_agent
     meshlet_control    servers/meshlet_control
     meshlet_derp       servers/meshlet_derp
     meshlet_provision  provisioning/meshlet_provision
+    meshlet_host       host/meshlet_host (what the CPython shells share: state files, systemd)
 
-and nothing generic (`tests`, `tools`, `agent`, `core`, `servers`) importable.
+and nothing generic (`tests`, `tools`, `agent`, `core`, `servers`, `host`) importable.
 
 The import checks run in a child interpreter started with `-I` from an empty
 directory: `python -m pytest` (what ./dev runs) puts the current directory on
@@ -33,9 +34,10 @@ PACKAGES = {
     "meshlet_control": "servers/meshlet_control",
     "meshlet_derp": "servers/meshlet_derp",
     "meshlet_provision": "provisioning/meshlet_provision",
+    "meshlet_host": "host/meshlet_host",
 }
-NOT_IMPORTABLE = ("tests", "tools", "agent", "core", "servers", "provisioning", "firmware", "meshlet_testing")
-WRAPPERS = {"core", "agent", "servers", "provisioning"}
+NOT_IMPORTABLE = ("tests", "tools", "agent", "core", "servers", "provisioning", "host", "firmware", "meshlet_testing")
+WRAPPERS = {"core", "agent", "servers", "provisioning", "host"}
 
 _PROBE = r"""
 import importlib.util, json, sys
@@ -62,7 +64,7 @@ def _probe(tmp_path: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_wheel_maps_exactly_the_five_package_folders():
+def test_wheel_maps_exactly_the_package_folders():
     with open(ROOT / "pyproject.toml", "rb") as f:
         conf = tomllib.load(f)
     packages = conf["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
