@@ -1,4 +1,5 @@
-"""Network-namespace labs for interop tests: two namespaces, a veth, recorded processes.
+"""Network-namespace labs for interop tests: two namespaces, a veth, recorded processes (`Lab`),
+or a hub routing between several leaf namespaces (`Star`, for control-server tests).
 
     namespace <p>a                          namespace <p>b
     veth <p>va 10.231.0.1/24  <-------->  veth <p>vb 10.231.0.2/24
@@ -53,6 +54,15 @@ def requirements_missing() -> str | None:
             return "`%s` is not installed: apt-get install %s" % (exe, pkg)
     if not os.path.exists("/dev/net/tun"):
         return "/dev/net/tun is missing: modprobe tun (or pass the device into the container)"
+    return netns_missing()
+
+
+def netns_missing() -> str | None:
+    """Why network namespaces with veth links cannot be made here (root, iproute2), or None."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces (run the tests as root, e.g. `sudo ./dev test`)"
+    if shutil.which("ip") is None:
+        return "`ip` is not installed: apt-get install iproute2"
     probe = "mlprobe%d" % os.getpid()
     res = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if res.returncode != 0:
@@ -228,6 +238,114 @@ class Lab:
         path.write_text(text + "\n")
         path.chmod(0o600)
         return str(path)
+
+
+class Star:
+    """A hub namespace routing between leaf namespaces, one veth and one /24 per leaf.
+
+        leaf <p><name_i>  veth <p>l<i> 10.232.<i+1>.2/24, default route via .1
+              |
+        hub  <p>h         veth <p>h<i> 10.232.<i+1>.1/24, IPv4 forwarding on
+
+    tsnet wants a non-loopback interface with a default route before it
+    talks to anyone (shared/lab/README.md §1.6); every leaf has one, and the
+    hub's addresses are RFC 1918, so a control URL on the hub is a "private
+    host" to tsnet and it never races a TLS dial to port 443 (§1.6 again).
+    Leaves reach each other through the hub (routed, no NAT), so direct UDP
+    paths between them work unless a test blocks them.
+
+    Processes started with `spawn` are stopped by `down()` by their recorded
+    PIDs; namespaces are deleted; nothing is killed by name.
+    """
+
+    SUBNET = "10.232"
+
+    def __init__(self, leaves: list[str], prefix: str | None = None, workdir: str | None = None) -> None:
+        self.p = prefix or "ms%x%x" % (os.getpid() % 0xFFFF, next(_counter))
+        assert len(self.p) <= 10, "interface names are prefix + up to 3 chars and must stay under 16"
+        self.leaves = list(leaves)
+        self.ns = {"hub": self.p + "h"}
+        self.addr = {"hub": "%s.1.1" % self.SUBNET}
+        for i, name in enumerate(self.leaves):
+            self.ns[name] = self.p + name
+            self.addr[name] = "%s.%d.2" % (self.SUBNET, i + 1)
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="meshlet-star-"))
+        self.procs: list[Proc] = []
+        self._made: list[str] = []
+
+    def hub_addr(self, leaf: str) -> str:
+        """The hub's address on `leaf`'s link (any of them reaches the hub from every leaf)."""
+        return "%s.%d.1" % (self.SUBNET, self.leaves.index(leaf) + 1)
+
+    def up(self) -> "Star":
+        try:
+            self._up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _up(self) -> None:
+        hub = self.ns["hub"]
+        _run(["ip", "netns", "add", hub])
+        self._made.append(hub)
+        _run(["ip", "-n", hub, "link", "set", "lo", "up"])
+        _run(["ip", "netns", "exec", hub, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for i, name in enumerate(self.leaves):
+            ns = self.ns[name]
+            _run(["ip", "netns", "add", ns])
+            self._made.append(ns)
+            hv, lv = "%sh%d" % (self.p, i), "%sl%d" % (self.p, i)
+            _run(["ip", "link", "add", hv, "netns", hub, "type", "veth", "peer", "name", lv, "netns", ns])
+            _run(["ip", "-n", hub, "addr", "add", "%s.%d.1/24" % (self.SUBNET, i + 1), "dev", hv])
+            _run(["ip", "-n", ns, "addr", "add", self.addr[name] + "/24", "dev", lv])
+            _run(["ip", "-n", hub, "link", "set", hv, "up"])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _run(["ip", "-n", ns, "link", "set", lv, "up"])
+            _run(["ip", "-n", ns, "route", "add", "default", "via", "%s.%d.1" % (self.SUBNET, i + 1)])
+
+    def down(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        for ns in reversed(self._made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self._made = []
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "Star":
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def run(
+        self, where: str, *args: str, timeout: float = 30, check: bool = True
+    ) -> "subprocess.CompletedProcess[str]":
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.ns[where], *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(
+                "%s in %s failed (%d): %s%s" % (" ".join(args), where, res.returncode, res.stdout, res.stderr)
+            )
+        return res
+
+    def spawn(self, where: str, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        """Starts `args` inside the namespace (`ip netns exec` execs: the PID is the program's)."""
+        log_path = self.dir / (name + ".log")
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns[where], *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
 
 
 def _run(cmd: list[str]) -> str:
