@@ -290,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `... | head`: the reader left; that is not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (CliError, ConfigError, StateError, DatabaseError, PolicyError) as e:
         print("meshlet-control: %s" % e, file=sys.stderr)
         return 1
