@@ -161,7 +161,7 @@ def open_payload(shared_key: bytes, packet: bytes) -> bytes:
     return crypto.secretbox_open(shared_key, sealed[:NONCE_LEN], sealed[NONCE_LEN:])
 
 
-def open(shared_key: bytes, packet: bytes) -> "Message":
+def open_message(shared_key: bytes, packet: bytes) -> "Message":
     """Opens an outer packet and parses the message inside.
 
     Raises:

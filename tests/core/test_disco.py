@@ -139,7 +139,7 @@ def test_open_and_parse_header():
     assert sealed == packet[38:]
     shared = unhex(_SEALED["shared_key"])
     assert disco.open_payload(shared, packet) == unhex(_SEALED["inner"])
-    msg = disco.open(shared, packet)
+    msg = disco.open_message(shared, packet)
     assert isinstance(msg, disco.Ping)
     assert msg.txid == _TXID and msg.node_key == NodePublic(b"\x11" * 32) and msg.padding == 0
 
@@ -150,16 +150,16 @@ def test_open_rejects_tampering_and_wrong_keys():
     for at in (40, 62, 70, len(packet) - 1):  # nonce, tag, ciphertext
         bad = bytearray(packet)
         bad[at] ^= 0x01
-        e = raises(RemoteProtocolError, "bad_tag", disco.open, shared, bytes(bad))
+        e = raises(RemoteProtocolError, "bad_tag", disco.open_message, shared, bytes(bad))
         assert isinstance(e, CryptoError)
-    raises(RemoteProtocolError, "bad_tag", disco.open, bytes(32), packet)
+    raises(RemoteProtocolError, "bad_tag", disco.open_message, bytes(32), packet)
 
 
 def test_parse_header_rejects_short_and_foreign_packets():
     packet = unhex(_SEALED["packet"])
     raises(RemoteProtocolError, "short", disco.parse_header, packet[:77])
     raises(RemoteProtocolError, "bad_magic", disco.parse_header, b"TS\xf0\x9f\x92\xad" + packet[6:])
-    raises(RemoteProtocolError, "short", disco.open, unhex(_SEALED["shared_key"]), disco.MAGIC)
+    raises(RemoteProtocolError, "short", disco.open_message, unhex(_SEALED["shared_key"]), disco.MAGIC)
 
 
 def test_looks_like_disco_is_tailscales_wrapper_test():

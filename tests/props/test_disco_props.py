@@ -116,7 +116,7 @@ def test_seal_open_round_trip_and_match_pynacl(
     sender, sealed = disco.parse_header(packet)
     assert sender == a.public()
     assert sealed == Box(PrivateKey(a_raw), PublicKey(b.public().raw)).encrypt(m.to_bytes(), nonce)
-    back = disco.open(disco.beforenm(b, sender), packet)
+    back = disco.open_message(disco.beforenm(b, sender), packet)
     assert _fields(back) == _fields(m)
 
 
@@ -125,7 +125,7 @@ def test_arbitrary_bytes_parse_or_reject(data: bytes) -> None:
     parses_or_rejects(disco.parse, data)
     parses_or_rejects(disco.parse_header, data)
     parses_or_rejects(disco.parse_geneve, data)
-    parses_or_rejects(lambda d: disco.open(bytes(32), d), data)
+    parses_or_rejects(lambda d: disco.open_message(bytes(32), d), data)
 
 
 octets = st.integers(min_value=0, max_value=255)
