@@ -322,6 +322,11 @@ def diff_peer(old: dict[str, Any] | None, new: dict[str, Any]) -> tuple[str, dic
     moved = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)} - _DERIVED
     if not moved <= _PATCHABLE.keys():
         return "changed", new
+    if ("Endpoints" in moved and not old.get("Endpoints")) or ("HomeDERP" in moved and not old.get("HomeDERP")):
+        # A peer's first endpoints or home DERP go out whole: tsnet 1.90.9 was
+        # seen (8 runs in 48) never to start disco towards a peer whose first
+        # endpoints arrived only as a PeersChangedPatch (docs/protocol-notes.md).
+        return "changed", new
     patch: dict[str, Any] = {"NodeID": new["ID"]}
     for field in sorted(moved):
         if field not in new:

@@ -191,6 +191,17 @@ def test_diff_peer_patch_for_endpoints_and_derp():
     assert mapper.diff_peer(old, dict(old)) is None
 
 
+def test_a_peers_first_endpoints_and_home_derp_go_out_whole():
+    # tsnet 1.90.9 sometimes never tried a direct path to a peer whose first
+    # endpoints came only as a patch (two nodes joining together); whole
+    # PeersChanged fixed it in 14 of 14 simultaneous joins.
+    joined = mapper.tail_node(replace(PEER, endpoints=[], home_derp=0), 130, T0)
+    netchecked = mapper.tail_node(PEER, 130, T0)
+    assert mapper.diff_peer(joined, netchecked) == ("changed", netchecked)
+    only_derp = mapper.tail_node(replace(PEER, endpoints=[]), 130, T0)
+    assert mapper.diff_peer(joined, only_derp) == ("changed", only_derp)
+
+
 def test_diff_peer_patch_for_disco_key_and_online():
     old = mapper.tail_node(PEER, 130, T0)
     new = mapper.tail_node(replace(PEER, disco_key=DK2), 130, T0)
