@@ -19,19 +19,17 @@ Secrets never live in the config file.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import os
 import re
-import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshlet.errors import ProtocolError
 from meshlet.key import MachinePrivate
-from meshlet_host import statefile
+from meshlet_host import statefile, tomlconfig
 
 from . import names
 
@@ -177,48 +175,18 @@ def _url_host(host: str) -> str:
 
 # -- the TOML file and flags -----------------------------------------------------------
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+# Duration settings that may be written as a bare number of seconds in TOML.
+_INT_AS_STR = frozenset(("ephemeral_timeout", "node_key_expiry"))
 
 
 def load_toml(path: str, settings: Settings | None = None) -> Settings:
     """Reads FILE.toml over `settings` (or the defaults); unknown keys and wrong types are errors."""
-    s = settings if settings is not None else Settings()
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError("cannot read config %s: %s; check the --config path" % (path, e.strerror)) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("config %s is not valid TOML: %s" % (path, e)) from None
-    for key, value in data.items():
-        apply(s, key.replace("-", "_"), value, "%s: %s" % (path, key))
-    return s
+    return tomlconfig.load_toml(path, settings if settings is not None else Settings(), ConfigError, _INT_AS_STR)
 
 
 def apply(s: Settings, name: str, value: Any, where: str) -> None:
     """Sets one setting after checking its type against the default's."""
-    if name not in _FIELDS:
-        raise ConfigError("%s is not a setting; known settings: %s" % (where, ", ".join(sorted(_FIELDS))))
-    default = getattr(Settings(), name)
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:
-        ok = isinstance(value, str) or (
-            name in ("ephemeral_timeout", "node_key_expiry") and isinstance(value, int)
-        )
-        value = str(value)
-    if not ok:
-        raise ConfigError("%s should be %s, got %r" % (where, type(default).__name__, value))
-    setattr(s, name, value)
+    tomlconfig.apply(s, name, value, where, ConfigError, _INT_AS_STR)
 
 
 def state_dir_of(s: Settings) -> str:

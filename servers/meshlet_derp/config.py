@@ -12,12 +12,12 @@ is read from `mesh_psk_file`.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+from meshlet_host import tomlconfig
 
 DEFAULT_TLS_ADDR = ":443"
 DEFAULT_HTTP_ADDR = ":3340"  # Tailscale's port for plain-HTTP DERP (TS_DEBUG_USE_DERP_HTTP)
@@ -173,44 +173,11 @@ def parse_hostport(text: str, what: str, need_host: bool = False) -> tuple[str, 
     return host, int(port_text)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-
-
 def load_toml(path: str, cfg: Config | None = None) -> Config:
     """Reads FILE.toml over `cfg` (or the defaults); unknown keys and wrong types are errors."""
-    cfg = cfg if cfg is not None else Config()
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError("cannot read config %s: %s; check the --config path" % (path, e.strerror)) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("config %s is not valid TOML: %s" % (path, e)) from None
-    for key, value in data.items():
-        apply(cfg, key.replace("-", "_"), value, "%s: %s" % (path, key))
-    return cfg
+    return tomlconfig.load_toml(path, cfg if cfg is not None else Config(), ConfigError)
 
 
 def apply(cfg: Config, name: str, value: Any, where: str) -> None:
     """Sets one setting after checking its type against the default's."""
-    f = _FIELDS.get(name)
-    if f is None:
-        known = ", ".join(sorted(_FIELDS))
-        raise ConfigError("%s is not a setting; known settings: %s" % (where, known))
-    default = getattr(Config(), name)
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError("%s should be %s, got %r" % (where, type(default).__name__, value))
-    setattr(cfg, name, value)
+    tomlconfig.apply(cfg, name, value, where, ConfigError)
