@@ -3,7 +3,9 @@
 Layered as Tailscale layers it (shared/protocol/control.md §5):
 
 * `base`: controlbase, the Noise IK handshake carried in the HTTP upgrade and
-  the encrypted record stream after it, plus the optional early payload.
+  the encrypted record stream after it, plus the optional early payload;
+* `netmap`: MapResponses (full and delta, §7.4-§7.5) folded into a NetMap,
+  as Tailscale's controlclient mapSession does.
 
 Like the package root, this file imports nothing: callers import the
 submodule they need.
