@@ -131,9 +131,10 @@ def test_stun_probes_match_txids_stagger_and_stop_once_answered() -> None:
         assert second.arrivals[1] - second.arrivals[0] >= 0.09
         # Region 3: three probes at 0/100/200 ms, to Nodes[t % 2] in turn.
         assert (len(silent_a.arrivals), len(silent_b.arrivals)) == (2, 1)
-        assert 0.18 <= silent_a.arrivals[1] - silent_a.arrivals[0] < 0.4
-        assert 0.09 <= silent_b.arrivals[0] - silent_a.arrivals[0] < 0.3
-        assert 0.6 <= elapsed < 1.5  # waited for region 3 until the timeout
+        # Only lower bounds: the schedule is "not before"; a loaded CI machine may be late.
+        assert silent_a.arrivals[1] - silent_a.arrivals[0] >= 0.18
+        assert silent_b.arrivals[0] - silent_a.arrivals[0] >= 0.09
+        assert elapsed >= 0.6  # waited for region 3 until the timeout
         assert prober.ignored == 1  # the stray txid; the non-STUN datagram is not even parsed
 
     run(main)
