@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import zstandard
 
 from meshlet.errors import RemoteProtocolError
-from meshlet.key import DiscoPublic, NodePublic
+from meshlet.key import DiscoPublic
 
 from . import mapper, tailcfg
 from .noise import Request, Response, StreamClosed
@@ -105,11 +105,7 @@ class MapRequest:
 
     def __init__(self, doc: dict[str, Any]) -> None:
         """Raises RemoteProtocolError("bad_json") for a malformed request."""
-        version = doc.get("Version", 0)
-        self.version = version if isinstance(version, int) else 0
-        node_key = tailcfg.parse_key(NodePublic, doc.get("NodeKey"), "NodeKey")
-        assert node_key is not None
-        self.node_key: NodePublic = node_key
+        self.version, self.node_key = tailcfg.request_version_and_node_key(doc)
         self.disco_key = tailcfg.parse_key(DiscoPublic, doc.get("DiscoKey"), "DiscoKey", required=False)
         self.stream = doc.get("Stream") is True
         self.omit_peers = doc.get("OmitPeers") is True

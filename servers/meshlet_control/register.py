@@ -62,11 +62,7 @@ class RegisterRequest:
 
     def __init__(self, doc: dict[str, Any]) -> None:
         """Raises RemoteProtocolError("bad_json") for a malformed request."""
-        version = doc.get("Version", 0)
-        self.version = version if isinstance(version, int) else 0
-        node_key = tailcfg.parse_key(NodePublic, doc.get("NodeKey"), "NodeKey")
-        assert node_key is not None
-        self.node_key: NodePublic = node_key
+        self.version, self.node_key = tailcfg.request_version_and_node_key(doc)
         self.old_node_key = tailcfg.parse_key(NodePublic, doc.get("OldNodeKey"), "OldNodeKey", required=False)
         auth = tailcfg.get_dict(doc, "Auth")
         auth_key = auth.get("AuthKey")

@@ -107,6 +107,18 @@ def parse_key(cls: type[K], value: Any, field: str, required: bool = True) -> K 
     return key
 
 
+def request_version_and_node_key(doc: dict[str, Any]) -> tuple[int, NodePublic]:
+    """The capability version and the node key that RegisterRequest and MapRequest both carry.
+
+    Raises:
+        RemoteProtocolError("bad_json"): NodeKey is missing or malformed.
+    """
+    version = doc.get("Version", 0)
+    node_key = parse_key(NodePublic, doc.get("NodeKey"), "NodeKey")
+    assert node_key is not None  # required=True never returns None
+    return (version if isinstance(version, int) else 0), node_key
+
+
 def parse_object(body: bytes, what: str) -> dict[str, Any]:
     """A request body that must be one JSON object.
 
