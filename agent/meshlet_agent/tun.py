@@ -162,6 +162,23 @@ class Tun:
                     format_ip(ip),
                 )
 
+    def change_addresses(self, remove: list[Prefix], add: list[Prefix]) -> None:
+        """Removes and adds addresses on the up interface (a node whose addresses changed).
+
+        Raises:
+            TunError: an `ip` command failed.
+        """
+        for ip, bits in remove:
+            family = "-4" if len(ip) == 4 else "-6"
+            try:
+                _ip(family, "address", "del", "%s/%d" % (format_ip(ip), bits), "dev", self.name)
+            except TunError as e:
+                if "Cannot assign" not in str(e):
+                    raise
+        for ip, bits in add:
+            family = "-4" if len(ip) == 4 else "-6"
+            _ip(family, "address", "add", "%s/%d" % (format_ip(ip), bits), "dev", self.name)
+
     def close(self) -> None:
         """Closes the descriptor, which deletes the interface with its addresses and routes."""
         if self.fd >= 0:

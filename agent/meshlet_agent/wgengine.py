@@ -1,16 +1,27 @@
-"""The WireGuard pump: TUN ↔ `meshlet.wg.device.Device` ↔ UDP, on asyncio.
+"""The WireGuard pump: TUN ↔ `meshlet.wg.device.Device` ↔ a transport, on asyncio.
 
 Theory of operation. The core `Device` does all of WireGuard; this module
 only moves bytes and time in and out of it:
 
-    TUN readable  -> read up to BATCH packets   -> device.send_packet()      -+
-    UDP readable  -> read up to BATCH datagrams -> device.receive_datagram()  +-> flush()
-    timer due     -> device.handle_timer()                                   -+
+    TUN readable  -> read up to BATCH packets -> [hooks.outbound] -> device.send_packet()  -+
+    transport     -> datagrams (with their source) -> device.receive_datagram()            +-> flush()
+    timer due     -> device.handle_timer()                                                -+
 
-    flush(): device.transmits()        -> sendto(), or sendmsg() with UDP GSO for runs
-             device.received_packets() -> write() on the TUN
+    flush(): device.transmits()        -> transport.send_many()
+             device.received_packets() -> [hooks.inbound] -> write() on the TUN
              device.next_event()       -> one log line each
              device.next_deadline()    -> (re-)arm the single timer
+
+The transport is what carries datagrams: `UdpTransport` (plain UDP sockets,
+`meshlet wg up`; sendmsg() with UDP GSO for runs) or the tailnet's MagicSock
+(UDP, disco, STUN and DERP). It calls `receive(data, src, now_ms)` for every
+WireGuard datagram and `flush(now_ms)` after a batch.
+
+Hooks (`PacketHooks`, optional) see plaintext packets: `outbound` may consume
+a packet read from the TUN (the tailnet's DNS intercept) and `inbound` may
+refuse a decrypted one (the packet filter). `inject(packet)` writes a packet
+of our own into the TUN (DNS answers). Without hooks the hot path is the
+plain loop, not a loop with a test per packet.
 
 Each reader drains its descriptor until EAGAIN or BATCH items, whichever is
 first, so one busy direction cannot starve the other and one flush serves a
@@ -33,7 +44,7 @@ import errno
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from meshlet.key import NodePublic
 from meshlet.wg.device import Device
@@ -43,6 +54,8 @@ from . import knobs
 from .tun import Tun
 from .udp import Udp
 from .wgconfig import format_prefix
+
+Transmit = tuple[NodePublic | None, tuple[bytes, int], bytes]
 
 log = logging.getLogger("meshlet_agent.wgengine")
 
@@ -94,17 +107,106 @@ def describe_event(ev: object) -> str:
     return "wg: %s %s" % (type(ev).__name__, " ".join(fields))
 
 
+class Sink(Protocol):
+    """What a transport delivers into (the Engine).
+
+    `receive(data, src, now_ms)` is an attribute, not a method, so that the
+    Engine can hand out the Device's own bound method: one call per datagram.
+    """
+
+    @property
+    def receive(self) -> Callable[[bytes, tuple[bytes, int], int], None]: ...
+
+    def flush(self, now: int) -> None: ...
+
+
+class Transport(Protocol):
+    """Carries WireGuard datagrams for the pump.
+
+    `attach(sink)` starts delivering: `sink.receive(data, src, now_ms)` for each
+    WireGuard datagram, then one `sink.flush(now_ms)` per batch. `send_many`
+    sends the device's transmits `(peer key or None, (ip, port), datagram)` and
+    reports failures to `on_error` (the datagrams are dropped, as UDP may).
+    `status()` adds the transport's fields to `Engine.status()`.
+    """
+
+    def attach(self, sink: Sink, batch: int) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def send_many(self, transmits: list[Transmit], on_error: Callable[[OSError], None]) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class PacketHooks(Protocol):
+    """Plaintext packet hooks: both return True to let the packet go on."""
+
+    def outbound(self, packet: bytes, now: int) -> bool: ...
+
+    def inbound(self, packet: bytes, now: int) -> bool: ...
+
+
+class UdpTransport:
+    """Plain UDP sockets as the pump's transport (`meshlet wg up`)."""
+
+    def __init__(self, udp: Udp) -> None:
+        self.udp = udp
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._errors: Callable[[str, OSError], None] | None = None
+
+    def attach(self, sink: Sink, batch: int) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        udp = self.udp
+        loop.add_reader(udp.v4.fileno(), self._readable, sink, batch, udp.v4, udp.addr_v4)
+        if udp.v6 is not None:
+            loop.add_reader(udp.v6.fileno(), self._readable, sink, batch, udp.v6, udp.addr_v6)
+
+    def detach(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            for s in self.udp.sockets():
+                loop.remove_reader(s.fileno())
+
+    def on_read_error(self, callback: Callable[[str, OSError], None]) -> None:
+        self._errors = callback
+
+    def _readable(self, sink: Sink, batch: int, sock: Any, to_ip: Callable[[str], bytes]) -> None:
+        now = now_ms()
+        recvfrom = sock.recvfrom
+        receive = sink.receive
+        for _ in range(batch):
+            try:
+                data, sa = recvfrom(READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                # ICMP errors for earlier sends surface here (ECONNREFUSED etc.); they are not fatal.
+                if self._errors is not None:
+                    self._errors("udp_read", e)
+                break
+            receive(data, (to_ip(sa[0]), sa[1]), now)
+        sink.flush(now)
+
+    def send_many(self, transmits: list[Transmit], on_error: Callable[[OSError], None]) -> None:
+        self.udp.send_many(transmits, on_error)
+
+    def status(self) -> dict[str, Any]:
+        return {"listening_port": self.udp.port, "udp_gso": self.udp.gso, "udp_gso_sends": self.udp.gso_sends}
+
+
 class Engine:
-    """Drives one Device from one TUN and one set of UDP sockets on the running event loop.
+    """Drives one Device from one TUN and one transport on the running event loop.
 
     Args:
         device: the configured core device.
         public_key: the device's public key, for status.
         tun: the open TUN interface (its fd must be non-blocking).
-        udp: the bound sockets.
+        transport: a `Transport`; a bare `Udp` is wrapped in `UdpTransport`.
         batch: items read per readiness callback (default: MESHLET_WG_BATCH, 64); bounds latency and memory.
         on_fatal: called once with a message when the engine cannot go on (the TUN vanished); it has
             already stopped itself.
+        hooks: plaintext packet hooks (DNS intercept, packet filter), or None.
     """
 
     def __init__(
@@ -112,15 +214,21 @@ class Engine:
         device: Device,
         public_key: NodePublic,
         tun: Tun,
-        udp: Udp,
+        transport: "Transport | Udp",
         batch: int | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        hooks: PacketHooks | None = None,
     ) -> None:
         self.device = device
         self.public_key = public_key
         self.tun = tun
-        self.udp = udp
+        self.transport: Transport = UdpTransport(transport) if isinstance(transport, Udp) else transport
+        if isinstance(self.transport, UdpTransport):
+            self.transport.on_read_error(self._io_error)
+        self.hooks = hooks
         self.batch = batch or knobs.wg_batch()
+        # The transport's entry for a WireGuard datagram; `flush` follows after a batch.
+        self.receive: Callable[[bytes, tuple[bytes, int], int], None] = device.receive_datagram
         self.io_errors: dict[str, int] = {}
         self.started_unix_ms = 0
         self._on_fatal = on_fatal
@@ -139,10 +247,8 @@ class Engine:
         """Registers the readers and the timer on the running loop."""
         loop = self._loop = asyncio.get_running_loop()
         self.started_unix_ms = unix_ms()
-        loop.add_reader(self.tun.fd, self._on_tun)
-        loop.add_reader(self.udp.v4.fileno(), self._on_udp, self.udp.v4, self.udp.addr_v4)
-        if self.udp.v6 is not None:
-            loop.add_reader(self.udp.v6.fileno(), self._on_udp, self.udp.v6, self.udp.addr_v6)
+        loop.add_reader(self.tun.fd, self._on_tun if self.hooks is None else self._on_tun_hooked)
+        self.transport.attach(self, self.batch)
         self._summary = loop.call_later(DROP_SUMMARY_INTERVAL_S, self._summarise_drops)
         self._flush(now_ms())
 
@@ -152,9 +258,9 @@ class Engine:
         if loop is None:
             return
         self._loop = None
-        loop.remove_reader(self.tun.fd)
-        for s in self.udp.sockets():
-            loop.remove_reader(s.fileno())
+        if self.tun.fd >= 0:
+            loop.remove_reader(self.tun.fd)
+        self.transport.detach()
         for h in (self._timer, self._summary):
             if h is not None:
                 h.cancel()
@@ -182,29 +288,51 @@ class Engine:
             send_packet(packet, now)
         self._flush(now)
 
-    def _on_udp(self, sock: Any, to_ip: Callable[[str], bytes]) -> None:
+    def _on_tun_hooked(self) -> None:
         now = now_ms()
-        recvfrom = sock.recvfrom
-        receive = self.device.receive_datagram
+        read = os.read
+        fd = self.tun.fd
+        send_packet = self.device.send_packet
+        outbound = self.hooks.outbound  # type: ignore[union-attr]
         for _ in range(self.batch):
             try:
-                data, sa = recvfrom(READ_SIZE)
+                packet = read(fd, READ_SIZE)
             except BlockingIOError:
                 break
             except OSError as e:
-                # ICMP errors for earlier sends surface here (ECONNREFUSED etc.); they are not fatal.
-                self._io_error("udp_read", e)
-                break
-            receive(data, (to_ip(sa[0]), sa[1]), now)
+                self._tun_error("tun_read", e)
+                return
+            if outbound(packet, now):
+                send_packet(packet, now)
         self._flush(now)
 
+    def flush(self, now: int) -> None:
+        """Sends, writes and logs whatever the device produced; re-arms the timer."""
+        self._flush(now)
+
+    def inject(self, packet: bytes) -> bool:
+        """Writes one IP packet of our own into the TUN (e.g. a DNS answer); False if that failed."""
+        if self._loop is None or self.tun.fd < 0:
+            return False
+        try:
+            os.write(self.tun.fd, packet)
+        except OSError as e:
+            self._tun_error("tun_write", e)
+            return False
+        return True
+
     def _flush(self, now: int) -> None:
+        if self._loop is None:
+            return
         dev = self.device
         transmits = dev.transmits()
         if transmits:
-            self.udp.send_many(transmits, self._udp_send_error)
+            self.transport.send_many(transmits, self._udp_send_error)
         packets = dev.received_packets()
         if packets:
+            if self.hooks is not None:
+                inbound = self.hooks.inbound
+                packets = [p for p in packets if inbound(p, now)]
             write = os.write
             fd = self.tun.fd
             for packet in packets:
@@ -351,14 +479,12 @@ class Engine:
         return {
             "interface": self.tun.name,
             "public_key": self.public_key.to_base64(),
-            "listening_port": self.udp.port,
             "mtu": self.tun.mtu,
             "started_unix_ms": self.started_unix_ms,
             "peers": peers,
             "dropped": dict(stats.dropped),
             "counters": counters,
             "io_errors": dict(self.io_errors),
-            "udp_gso": self.udp.gso,
-            "udp_gso_sends": self.udp.gso_sends,
+            **self.transport.status(),
             "pid": os.getpid(),
         }
