@@ -42,7 +42,7 @@ import zstandard
 
 from meshlet.control import base, netmap
 from meshlet.errors import RemoteProtocolError
-from meshlet.key import DiscoPublic, MachinePrivate, MachinePublic, NodePrivate
+from meshlet.key import DiscoPublic, MachinePrivate, MachinePublic, NodePrivate, NodePublic
 
 log = logging.getLogger("meshlet_agent.control")
 
@@ -51,6 +51,9 @@ log = logging.getLogger("meshlet_agent.control")
 CAPABILITY_VERSION = base.PROTOCOL_VERSION  # 130, Tailscale v1.90
 UPGRADE_PROTOCOL = "tailscale-control-protocol"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time.Time: no expiry requested
+LOGOUT_TIME = (
+    "1970-01-01T00:02:03Z"  # `tailscale logout` asks for Expiry = Unix 123: a time in the past (§6.1)
+)
 MAX_KEY_BYTES = 64 << 10  # the client reads at most 64 KiB of /key
 MAX_REGISTER_BYTES = 1 << 20  # and at most 1 MiB of a RegisterResponse
 MAP_WATCHDOG_S = 120.0  # the client kills a long poll silent for this long
@@ -60,13 +63,23 @@ ENDPOINT_TYPE_LOCAL = 1  # tailcfg.EndpointType: 1 local, 2 STUN, ...
 
 CONNECT_TIMEOUT_S = 15.0  # TCP + upgrade + Noise response
 REQUEST_TIMEOUT_S = 30.0  # register and lite updates
+FOLLOWUP_TIMEOUT_S = 150.0  # a Followup register is held until the login completes (meshlet-control: 60 s)
 MAX_MAP_MESSAGE_BYTES = 16 << 20  # testcontrol's cap on one compressed message
 MAX_MAP_JSON_BYTES = 64 << 20  # a 10k-peer full map is a few MB of JSON; far below this
 READ_CHUNK = 65536
 
 
 class ControlError(Exception):
-    """The control server could not be reached, or answered something unusable."""
+    """The control server could not be reached, or answered something unusable.
+
+    Attributes:
+        status: the HTTP status when the server answered one other than 200
+            (401: unknown node key, 403: node not authorized), else 0.
+    """
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _zero_node_key() -> str:
@@ -479,7 +492,14 @@ class MapStream:
             s = self.stream
             while True:
                 if s.status and s.status != 200:
-                    raise ControlError("control: map answered HTTP %d" % s.status)
+                    detail = bytes(s.body[:200]).decode("utf-8", "replace").strip() if s.ended else ""
+                    if not s.ended and s.error is None:
+                        await s.wait()  # the body names the problem; it follows the headers at once
+                        continue
+                    raise ControlError(
+                        "control: map answered HTTP %d%s" % (s.status, ": " + detail if detail else ""),
+                        s.status,
+                    )
                 msg = self._take_message()
                 if msg is not None:
                     return msg
@@ -524,15 +544,28 @@ class RegisterResult:
 
 
 def register_request(
-    node: NodePrivate, auth_key: str | None, hostinfo: dict[str, Any], ephemeral: bool = False
+    node: NodePrivate,
+    auth_key: str | None,
+    hostinfo: dict[str, Any],
+    ephemeral: bool = False,
+    *,
+    old_node_key: NodePublic | None = None,
+    expiry: str = ZERO_TIME,
+    followup: str = "",
 ) -> dict[str, Any]:
-    """A tailcfg.RegisterRequest as tsnet 1.90 sends it (control.md §6.1, §14)."""
+    """A tailcfg.RegisterRequest as tsnet 1.90 sends it (control.md §6.1, §14).
+
+    Args:
+        old_node_key: the key this one replaces (key renewal, re-authentication).
+        expiry: the requested key expiry, RFC 3339; LOGOUT_TIME (in the past) logs out.
+        followup: the AuthURL of an earlier answer: wait for the interactive login.
+    """
     doc: dict[str, Any] = {
         "Version": CAPABILITY_VERSION,
         "NodeKey": node.public().to_text(),
-        "OldNodeKey": _zero_node_key(),
-        "Expiry": ZERO_TIME,
-        "Followup": "",
+        "OldNodeKey": old_node_key.to_text() if old_node_key is not None else _zero_node_key(),
+        "Expiry": expiry,
+        "Followup": followup,
         "Hostinfo": hostinfo,
     }
     if auth_key is not None:
@@ -628,9 +661,17 @@ class ControlClient:
         return self.conn
 
     async def register(
-        self, auth_key: str | None, hostinfo: dict[str, Any], ephemeral: bool = False
+        self,
+        auth_key: str | None,
+        hostinfo: dict[str, Any],
+        ephemeral: bool = False,
+        *,
+        old_node_key: NodePublic | None = None,
+        expiry: str = ZERO_TIME,
+        followup: str = "",
     ) -> RegisterResult:
-        """`POST /machine/register` with a pre-auth key (control.md §6).
+        """`POST /machine/register` (control.md §6): a pre-auth key, an interactive login, a
+        Followup on one, a key renewal (`old_node_key`) or a logout (`expiry=LOGOUT_TIME`).
 
         Returns the result even when the server refused (`result.error`).
 
@@ -639,11 +680,22 @@ class ControlClient:
         """
         self.hostinfo = dict(hostinfo)
         conn = await self.connect()
-        body = json.dumps(register_request(self.node, auth_key, hostinfo, ephemeral)).encode()
-        status, answer = await conn.request("/machine/register", body)
+        request = register_request(
+            self.node,
+            auth_key,
+            hostinfo,
+            ephemeral,
+            old_node_key=old_node_key,
+            expiry=expiry,
+            followup=followup,
+        )
+        timeout = FOLLOWUP_TIMEOUT_S if followup else REQUEST_TIMEOUT_S
+        status, answer = await conn.request(
+            "/machine/register", json.dumps(request).encode(), timeout=timeout
+        )
         if status != 200:
             raise ControlError(
-                "control: register answered HTTP %d: %s" % (status, answer[:200].decode("latin-1"))
+                "control: register answered HTTP %d: %s" % (status, answer[:200].decode("latin-1")), status
             )
         try:
             doc = json.loads(answer)
@@ -726,7 +778,7 @@ class ControlClient:
         doc = map_request(self.node, self.disco, False, endpoints, self.hostinfo, home_derp, endpoint_types)
         status, _ = await conn.request("/machine/map", json.dumps(doc).encode(), limit=MAX_MAP_MESSAGE_BYTES)
         if status != 200:
-            raise ControlError("control: lite update answered HTTP %d" % status)
+            raise ControlError("control: lite update answered HTTP %d" % status, status)
 
     async def close(self) -> None:
         if self.conn is not None:

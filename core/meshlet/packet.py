@@ -370,6 +370,9 @@ def udp_packet(src: bytes, dst: bytes, sport: int, dport: int, payload: "bytes |
     return bytes(head)
 
 
+_SUM_SLICE = 1024  # bytes summed per struct call
+
+
 def checksum(data: "bytes | bytearray", partial: int = 0) -> int:
     """The Internet checksum (RFC 1071) of `data`, plus an unfolded `partial` sum.
 
@@ -389,6 +392,10 @@ def _sum16(data: "bytes | bytearray") -> int:
     if n & 1:
         n -= 1
         s = data[n] << 8
-    if n:
-        s += sum(struct.unpack_from(">%dH" % (n >> 1), data, 0))
+    # In slices, so a 64 KiB datagram never needs a 32k-item tuple (MicroPython's heap is small).
+    start = 0
+    while start < n:
+        words = min(n - start, _SUM_SLICE) >> 1
+        s += sum(struct.unpack_from(">%dH" % words, data, start))
+        start += words << 1
     return s

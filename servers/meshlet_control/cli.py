@@ -31,11 +31,10 @@ import os
 import signal
 import sys
 import time
-import urllib.parse
 from typing import Any, Callable, Sequence
 
-from meshlet import __version__
-from meshlet.key import MachinePrivate
+from meshlet import __version__, enroll
+from meshlet.key import MachinePrivate, MachinePublic
 
 from . import config as config_mod
 from .config import DB_FILE, ConfigError, ServeConfig, Settings
@@ -406,13 +405,17 @@ def _cmd_keys_create(args: argparse.Namespace, state: State) -> int:
 
 
 def enrollment_uri(server_url: str, control_public: str, auth_key: str) -> str:
-    """`meshlet://enroll?server=<control URL>&key=<mkey:…>&authkey=<key>` (docs/control.md)."""
-    query = urllib.parse.urlencode(
-        {"server": server_url, "key": control_public, "authkey": auth_key},
-        safe=":/",
-        quote_via=urllib.parse.quote,
-    )
-    return "meshlet://enroll?" + query
+    """`meshlet://enroll?server=<control URL>&key=<mkey:…>&authkey=<key>` (docs/control.md).
+
+    Built by the core's `meshlet.enroll`, which the agent parses it with.
+    """
+    try:
+        return enroll.build(server_url, MachinePublic.from_text(control_public), auth_key)
+    except enroll.EnrollCodeError as e:
+        raise CliError(
+            "cannot make an enrollment URI for %r: %s; pass --server-url http(s)://HOST[:PORT]"
+            % (server_url, e.detail)
+        ) from None
 
 
 def _enrollment_uri(args: argparse.Namespace, state: State, auth_key: str, required: bool) -> str | None:

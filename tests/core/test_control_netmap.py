@@ -165,3 +165,61 @@ def test_bad_input_raises_and_leaves_the_map_alone():
     raises(RemoteProtocolError, "bad_filter", nm.apply, {"PacketFilter": {"x": 1}})
     raises(RemoteProtocolError, "bad_node", nm.apply, {"PeersChanged": [_node(5, _K3, "e.")], "Node": 3})
     assert len(nm.peers) == 1 and nm.packet_filter == _ALLOW_ALL and list(nm.derp_regions) == [900]
+
+
+def _round_trip(nm):
+    back = netmap.NetMap()
+    back.apply(nm.to_doc())
+    return back
+
+
+def test_to_doc_of_the_full_map_reads_back_equal():
+    nm = _loaded()
+    back = _round_trip(nm)
+    assert back == nm and not (back != nm)
+    assert back.peers[NodePublic.from_text(_K1)].online is True
+    assert back.packet_filter == _ALLOW_ALL and back.domain == "meshlet.internal"
+
+
+def test_to_doc_after_deltas_reads_back_equal():
+    nm = _loaded()
+    nm.apply({"PeersChanged": [_node(3, _K3, "c.", AllowedIPs=None, Online=False, DERP="127.3.3.40:905")]})
+    nm.apply({"PeersChangedPatch": [{"NodeID": 1, "Endpoints": [], "KeyExpiry": "2030-01-01T00:00:00Z"}]})
+    nm.apply({"PacketFilters": {"z": [], "a": [{"SrcIPs": ["1.2.3.4"]}]}, "UserProfiles": [{"ID": 7}]})
+    assert _round_trip(nm) == nm
+
+
+def test_to_doc_keeps_a_block_all_filter_and_no_filter_apart():
+    nm = _loaded()
+    nm.apply({"PacketFilter": []})
+    assert _round_trip(nm).packet_filters == {"base": []}
+    bare = netmap.NetMap()
+    bare.apply({"Node": _node(2, _K2, "me.")})
+    back = _round_trip(bare)
+    assert back == bare and back.packet_filters == {} and back.dns_config is None
+
+
+def test_netmaps_that_differ_are_not_equal():
+    a, b = _loaded(), _loaded()
+    assert a == b
+    b.apply({"PeersChangedPatch": [{"NodeID": 1, "Online": False}]})
+    assert a != b
+    b = _loaded()
+    b.apply({"Domain": "other.internal"})
+    assert a != b
+    assert a != netmap.NetMap() and netmap.NetMap() == netmap.NetMap()
+
+
+def test_to_doc_needs_a_self_node():
+    from meshlet.errors import LocalProtocolError
+
+    raises(LocalProtocolError, "no_self_node", netmap.NetMap().to_doc)
+
+
+def test_to_doc_is_json():
+    import json
+
+    nm = _loaded()
+    back = netmap.NetMap()
+    back.apply(netmap.decode(json.dumps(nm.to_doc())))
+    assert back == nm

@@ -108,3 +108,33 @@ def test_json_round_trip_of_deltas_applies(d: dict[str, Any]) -> None:
     nm = netmap.NetMap()
     nm.apply({"Node": _node(99, [], 900)})
     nm.apply(netmap.decode(json.dumps(d)))
+
+
+_full = st.fixed_dictionaries(
+    {"Node": _nodes},
+    optional={
+        "DERPMap": st.just(
+            {"Regions": {"900": {"RegionID": 900, "RegionCode": "x", "Nodes": [{"Name": "a"}]}}}
+        ),
+        "PacketFilter": st.lists(st.just({"SrcIPs": ["*"]}), max_size=2),
+        "PacketFilters": st.dictionaries(
+            st.sampled_from(["a", "b", "*"]), st.none() | st.just([]), max_size=2
+        ),
+        "DNSConfig": st.dictionaries(st.text(max_size=4), _json, max_size=2),
+        "Domain": st.text(max_size=8),
+        "UserProfiles": st.lists(st.fixed_dictionaries({"ID": st.integers(0, 3)}), max_size=2),
+        "OnlineChange": st.dictionaries(st.integers(1, 6).map(str), st.booleans(), max_size=2),
+    },
+)
+
+
+@settings(max_examples=200)
+@given(_full, st.lists(_delta | _full, max_size=6))
+def test_to_doc_then_apply_is_an_equal_netmap(first: dict[str, Any], later: list[dict[str, Any]]) -> None:
+    nm = netmap.NetMap()
+    for d in [first, *later]:
+        nm.apply(d)
+    back = netmap.NetMap()
+    back.apply(netmap.decode(json.dumps(nm.to_doc())))
+    assert back == nm
+    assert back.to_doc() == nm.to_doc()

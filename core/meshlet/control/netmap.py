@@ -22,6 +22,10 @@ current view exactly as control.md §7.5 says:
 * A peer whose `AllowedIPs` is null gets its `Addresses` (capver >= 112); a
   legacy `DERP: "127.3.3.40:<region>"` becomes the home DERP.
 
+`NetMap.to_doc()` writes the map back out as one full MapResponse that
+`apply` reads into an equal NetMap (the agent's netmap cache; NetMaps
+compare by value).
+
 `apply` validates the whole message before changing anything, so a bad
 message leaves the NetMap as it was and raises RemoteProtocolError with one
 of the reasons: "bad_json", "bad_map", "bad_node", "bad_peer_change",
@@ -33,7 +37,7 @@ kept as plain JSON data; their meaning belongs to the filter and DNS code.
 
 import json
 
-from ..errors import RemoteProtocolError
+from ..errors import LocalProtocolError, RemoteProtocolError
 from ..key import DiscoPublic, MachinePublic, NodePublic
 
 _LEGACY_DERP_PREFIX = "127.3.3.40:"  # tailcfg.DerpMagicIP
@@ -149,6 +153,39 @@ class Node:
 
     def __repr__(self) -> str:
         return "Node(%d %s %s)" % (self.node_id, self.key.short(), self.name)
+
+    def to_doc(self) -> "dict[str, object]":
+        """This node as tailcfg.Node JSON that `parse_node` reads back to an equal Node.
+
+        Zero keys, an empty name, no home DERP, an unknown online state and an
+        empty key expiry are left out, as `parse_node` reads their absence.
+        """
+        doc: dict[str, object] = {"ID": self.node_id, "Key": self.key.to_text()}
+        if not self.machine_key.is_zero():
+            doc["Machine"] = self.machine_key.to_text()
+        if not self.disco_key.is_zero():
+            doc["DiscoKey"] = self.disco_key.to_text()
+        if self.name:
+            doc["Name"] = self.name
+        doc["Addresses"] = list(self.addresses)
+        doc["AllowedIPs"] = list(self.allowed_ips)
+        if self.endpoints:
+            doc["Endpoints"] = list(self.endpoints)
+        if self.home_derp:
+            doc["HomeDERP"] = self.home_derp
+        if self.online is not None:
+            doc["Online"] = self.online
+        if self.key_expiry:
+            doc["KeyExpiry"] = self.key_expiry
+        doc["MachineAuthorized"] = self.machine_authorized
+        if self.cap:
+            doc["Cap"] = self.cap
+        if self.user:
+            doc["User"] = self.user
+        doc["Hostinfo"] = dict(self.hostinfo)
+        if self.cap_map:
+            doc["CapMap"] = dict(self.cap_map)
+        return doc
 
 
 def parse_node(doc: object) -> Node:
@@ -274,6 +311,15 @@ class DERPRegion:
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
+    def to_doc(self) -> "dict[str, object]":
+        """The region as a DERPMap region object."""
+        return {
+            "RegionID": self.region_id,
+            "RegionCode": self.code,
+            "RegionName": self.name,
+            "Nodes": self.nodes,
+        }
+
 
 def parse_derp_regions(doc: object) -> "dict[int, DERPRegion] | None":
     """A DERPMap object -> regions by ID, or None when `Regions` is absent (keep the old ones)."""
@@ -348,6 +394,57 @@ class NetMap:
 
     def peer_by_id(self, node_id: int) -> "Node | None":
         return self._by_id.get(node_id)
+
+    def __eq__(self, other: object) -> bool:
+        """Same self node, peers (by ID and by key), DERP regions, DNS, domain, filters, profiles."""
+        if not isinstance(other, NetMap):
+            return False
+        return (
+            self.self_node == other.self_node
+            and self._by_id == other._by_id
+            and self.peers == other.peers
+            and self.derp_regions == other.derp_regions
+            and self.dns_config == other.dns_config
+            and self.domain == other.domain
+            and self.packet_filters == other.packet_filters
+            and self.user_profiles == other.user_profiles
+        )
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def to_doc(self) -> "dict[str, object]":
+        """A full MapResponse that `NetMap().apply(doc)` turns into a NetMap equal to this one.
+
+        It is the on-disk cache of the agent (and small enough for a board:
+        only what the NetMap keeps). Peers are written in the order the map
+        holds them, so that two peers sharing a node key (a control bug)
+        resolve the same way after the round trip. Named packet filters are
+        written as `PacketFilters`, which also says "no filter" ({}) exactly.
+
+        Raises:
+            LocalProtocolError("no_self_node"): the map has no self node yet.
+        """
+        if self.self_node is None:
+            raise LocalProtocolError("no_self_node", "a NetMap without a self node has no MapResponse")
+        doc: dict[str, object] = {"Node": self.self_node.to_doc()}
+        peers = [n.to_doc() for n in self._by_id.values()]
+        if peers:
+            doc["Peers"] = peers
+        regions: dict[str, object] = {}
+        for rid, region in self.derp_regions.items():
+            regions[str(rid)] = region.to_doc()
+        doc["DERPMap"] = {"Regions": regions}
+        doc["PacketFilters"] = dict(self.packet_filters)
+        if self.dns_config is not None:
+            doc["DNSConfig"] = self.dns_config
+        if self.domain:
+            doc["Domain"] = self.domain
+        if self.user_profiles:
+            doc["UserProfiles"] = list(self.user_profiles.values())
+        return doc
 
     def apply(self, doc: "dict[str, object]") -> None:
         """Merges one MapResponse. Validates all of it first; raises RemoteProtocolError."""
