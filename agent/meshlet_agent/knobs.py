@@ -7,6 +7,8 @@ useful becomes a config setting or a flag.
 | variable             | default        | effect                                                    |
 | -------------------- | -------------- | --------------------------------------------------------- |
 | MESHLET_RUN_DIR      | /run/meshlet   | base of the local API sockets (`<dir>/wg/<if>.sock`)      |
+| MESHLET_SOCKET       | <run dir>/meshletd.sock | the daemon's socket (`meshlet daemon --socket`)  |
+| MESHLET_STATE_DIR    | /var/lib/meshlet | keys, prefs, netmap cache (`meshlet daemon --state-dir`)|
 | MESHLET_WG_GSO       | 1              | 0 turns off UDP GSO batching on send (for measurements)   |
 | MESHLET_WG_BATCH     | 64             | packets or datagrams read per readiness callback          |
 """
@@ -31,6 +33,16 @@ def _int(name: str, default: int, lo: int, hi: int) -> int:
 
 def run_dir() -> str:
     return os.environ.get("MESHLET_RUN_DIR") or "/run/meshlet"
+
+
+def daemon_socket() -> str:
+    """Where `meshlet daemon` listens and the CLI connects (flag --socket overrides)."""
+    return os.environ.get("MESHLET_SOCKET") or os.path.join(run_dir(), "meshletd.sock")
+
+
+def state_dir() -> str:
+    """The daemon's state directory (flag --state-dir overrides)."""
+    return os.environ.get("MESHLET_STATE_DIR") or "/var/lib/meshlet"
 
 
 def wg_gso() -> bool:

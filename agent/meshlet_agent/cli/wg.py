@@ -1,15 +1,8 @@
-"""The `meshlet` command line.
+"""`meshlet wg ...`: userspace WireGuard interfaces from wg-quick configs (docs/wireguard.md).
 
-    meshlet wg up CONFIG [--ifname NAME] [--foreground] [-v]
-    meshlet wg show [IFNAME] [--json]
-    meshlet wg genkey | genpsk | pubkey
-
-The parser is built by `build_parser()` alone, so documentation can render
-`--help` without running anything. Every failure prints one line, `meshlet:`
-followed by the problem and the fix, and exits with a non-zero status:
-
-    1  the operation failed (bad config, no TUN, port in use, nothing running)
-    2  the command line itself is wrong (argparse's convention)
+meshlet wg up CONFIG [--ifname NAME] [--foreground] [-v]
+meshlet wg show [IFNAME] [--json]
+meshlet wg genkey | genpsk | pubkey
 """
 
 import argparse
@@ -20,12 +13,12 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
-from meshlet import __version__
 from meshlet.key import NodePrivate
 
-from . import log as agent_log
+from .. import log as agent_log
+from .common import CliError
 
 _EPILOG = """\
 examples:
@@ -59,17 +52,8 @@ interface, its addresses and routes. Status: `meshlet wg show NAME`.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole `meshlet` command line (used by main() and by the docs)."""
-    parser = argparse.ArgumentParser(
-        prog="meshlet",
-        description="meshlet: a small Tailscale-compatible mesh."
-        " `meshlet wg` runs a userspace WireGuard interface.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version="meshlet " + __version__)
-    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def add_parser(top: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Adds `wg` and its subcommands to the top-level parser."""
     wg = top.add_parser(
         "wg",
         help="userspace WireGuard interfaces (wg-quick configs)",
@@ -128,50 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  meshlet wg genkey | tee wg0.key | meshlet wg pubkey\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    return parser
 
 
-class CliError(Exception):
-    """A failure to report as one `meshlet: ...` line with exit status 1."""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.wg_command == "up":
-            return _cmd_up(args)
-        if args.wg_command == "show":
-            return _cmd_show(args)
-        if args.wg_command == "genkey":
-            print(NodePrivate.generate(os.urandom).to_base64())
-            return 0
-        if args.wg_command == "genpsk":
-            print(base64.b64encode(os.urandom(32)).decode())
-            return 0
-        if args.wg_command == "pubkey":
-            return _cmd_pubkey()
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # noqa: BLE001 - every expected failure type is listed in _reportable
-        if not _reportable(e):
-            raise
-        print("meshlet: %s" % e, file=sys.stderr)
-        return 1
+def run(args: argparse.Namespace) -> int:
+    if args.wg_command == "up":
+        return _cmd_up(args)
+    if args.wg_command == "show":
+        return _cmd_show(args)
+    if args.wg_command == "genkey":
+        print(NodePrivate.generate(os.urandom).to_base64())
+        return 0
+    if args.wg_command == "genpsk":
+        print(base64.b64encode(os.urandom(32)).decode())
+        return 0
+    if args.wg_command == "pubkey":
+        return _cmd_pubkey()
     raise AssertionError("unhandled command %r" % args.wg_command)  # pragma: no cover
 
 
-def _reportable(e: Exception) -> bool:
-    from .localapi import LocalApiError
-    from .tun import TunError
-    from .udp import UdpError
-    from .wgconfig import ConfigError
-    from .wgup import WgUpError
-
-    return isinstance(e, (CliError, ConfigError, TunError, UdpError, LocalApiError, WgUpError))
-
-
 def _cmd_up(args: argparse.Namespace) -> int:
-    from . import wgup
+    from .. import wgup
 
     agent_log.setup(logging.DEBUG if args.verbose else logging.INFO)
     cfg = wgup.load_config(args.config)
@@ -194,7 +154,7 @@ def _cmd_pubkey() -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from . import localapi
+    from .. import localapi
 
     names = [args.ifname] if args.ifname else localapi.list_interfaces()
     statuses = []
