@@ -1,4 +1,4 @@
-"""The daemon's Backend (agent/meshlet_agent/daemon.py) against the real in-process meshlet-control.
+"""The daemon's Backend (agent/meshlet_agent/backend.py) against the real in-process meshlet-control.
 
 Real parts: StateStore (a temporary directory), ControlLoop (talking TS2021 to
 `meshlet_control.app` on 127.0.0.1), the MagicDNS Resolver, and OsDns in its
@@ -27,7 +27,9 @@ from meshlet import enroll
 from meshlet.control.netmap import NetMap
 from meshlet.key import DiscoPrivate, MachinePrivate, NodePrivate, NodePublic
 from meshlet_agent import daemon, localapi
-from meshlet_agent.daemon import Backend, Parts, UpRequest
+from meshlet_agent.backend import Backend
+from meshlet_agent.parts import Parts
+from meshlet_agent.uprequest import UpRequest
 from meshlet_agent.dns import OsDns
 from meshlet_agent.statestore import StateStore
 from meshlet_control import app
