@@ -15,7 +15,7 @@ from typing import Any
 
 from meshlet.control.netmap import NetMap
 from meshlet.key import DiscoPrivate, MachinePrivate, NodePrivate
-from meshlet_agent import controlclient
+from meshlet_agent import controlclient, controlconn
 from meshlet_agent.controlclient import ControlClient, ControlError
 from meshlet_control import app
 from meshlet_control.config import ServeConfig
@@ -189,7 +189,7 @@ def _framed(payload: bytes) -> bytes:
 
 
 def _stream_of(data: bytes) -> controlclient.MapStream:
-    s = controlclient._Stream(1)
+    s = controlconn.ResponseStream(1)
     s.status = 200
     s.body.extend(data)
     s.ended = True

@@ -3,7 +3,7 @@
 The wire work (shared/protocol/control.md §4-§7: POST /ts2021 with the
 handshake header, the 51-byte response, the early payload, HTTP/2 inside
 Noise records, map framing as LE length + zstd) lives once, in
-meshlet_agent.controlclient. This module adds what the server's tests need
+meshlet_agent.controlconn and .controlclient. This module adds what the server's tests need
 on top: raw dict requests (`request`, `register`, `lite_update`), `open_map`
 returning undecoded MapResponse dicts, and access to the h2 connection for
 malformed traffic.
@@ -19,7 +19,7 @@ import os
 from typing import Any, AsyncIterator
 
 from meshlet.key import DiscoPrivate, MachinePrivate, MachinePublic, NodePrivate
-from meshlet_agent import controlclient
+from meshlet_agent import controlclient, controlconn
 from meshlet_control import app
 from meshlet_control.config import ServeConfig
 from meshlet_control.state import State
@@ -111,7 +111,7 @@ class ControlTestClient(controlclient.ControlConn):
     async def lite_update(self, endpoints: list[str], derp: int = 900) -> tuple[int, bytes]:
         return await self.request("/machine/map", self.map_request(False, endpoints, derp))
 
-    def cancel(self, stream: MapStream | controlclient._Stream) -> None:  # type: ignore[override]
+    def cancel(self, stream: MapStream | controlconn.ResponseStream) -> None:  # type: ignore[override]
         super().cancel(stream.stream if isinstance(stream, MapStream) else stream)
 
 
