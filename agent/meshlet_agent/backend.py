@@ -81,6 +81,9 @@ class Backend:
         self._control: "ControlLoopLike | None" = None
         self._resolver: "ResolverLike | None" = None
         self._os_dns: "OsDnsLike | None" = None
+        self._endpoints: list[str] = []  # our UDP endpoints, from the DataPlane's discovery
+        self._endpoint_types: list[int] = []
+        self._home_region = 0
         self._dns_configured = False
         self._dns_settings: tuple[str, tuple[str, ...], bool] = ("", (), False)
         self._accept_dns = True
@@ -190,6 +193,8 @@ class Backend:
             raise localapi.RequestError(self.error)
         control = self.parts.control_loop(store, self, self._disco_public())
         self._control = control
+        if self._endpoints or self._home_region:
+            self._report_endpoints()  # carried by the first MapRequest
         cached = getattr(control, "netmap", None)
         if cached is not None and cached.self_node is not None and not req.force_reauth:
             log.info("using the cached netmap (%d peers) until control answers", len(cached.peers))
@@ -219,6 +224,11 @@ class Backend:
             return False
         self._dataplane = dataplane
         self._dataplane_key = key.public()
+        self._endpoints, self._endpoint_types = [], []
+        self._home_region = dataplane.home_region
+        hook = getattr(dataplane, "set_on_endpoints", None)  # test fakes may not discover endpoints
+        if hook is not None:
+            hook(self._on_endpoints)
         return True
 
     def _disco_public(self) -> DiscoPublic:
@@ -321,8 +331,24 @@ class Backend:
             self.auth_url = ""
 
     def _on_home_region(self, region: int) -> None:
-        if self._control is not None:
-            self._control.set_endpoints([], region)
+        self._home_region = region
+        self._report_endpoints()
+
+    def _on_endpoints(self, endpoints: list[str], types: list[int]) -> None:
+        """From the DataPlane: our UDP endpoints changed (STUN, local addresses): tell control."""
+        self._endpoints, self._endpoint_types = list(endpoints), list(types)
+        self._report_endpoints()
+
+    def _report_endpoints(self) -> None:
+        control = self._control
+        if control is None:
+            return
+        home = self._home_region
+        set_endpoints: Any = control.set_endpoints
+        try:
+            set_endpoints(self._endpoints, home, endpoint_types=self._endpoint_types or None)
+        except TypeError:  # a ControlLoop that takes no EndpointTypes: all are reported as local
+            set_endpoints(self._endpoints, home)
 
     def _schedule_data_plane_restart(self) -> None:
         if self._restart_task is None or self._restart_task.done():
@@ -478,8 +504,11 @@ class Backend:
             )
         return nm
 
-    async def ping(self, target: str, count: int = 1, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-        """Disco pings through the data plane: one result per attempt (a pong or an error)."""
+    async def ping(
+        self, target: str, count: int = 1, timeout_s: float = 5.0, until_direct: bool = True
+    ) -> list[dict[str, Any]]:
+        """Disco pings through the data plane: one result per attempt (a pong or an error); with
+        `until_direct` (tailscale ping's default) the first pong over a direct path ends the series."""
         if not 1 <= count <= MAX_PING_COUNT:
             raise localapi.RequestError("ping: count must be 1..%d" % MAX_PING_COUNT)
         if not 0 < timeout_s <= MAX_PING_TIMEOUT_S or count * timeout_s > MAX_PING_TOTAL_S:
@@ -506,8 +535,24 @@ class Backend:
                 break
             else:
                 latency_ms = round(float(res.latency_s) * 1000.0, 1)
-                results.append(dict(base, via=str(res.via), latency_ms=latency_ms))
+                pong = dict(base, via=str(res.via), latency_ms=latency_ms)
+                endpoint = str(getattr(res, "endpoint", "") or "")
+                if endpoint:
+                    pong["endpoint"] = endpoint  # a direct path: "via" is that address too
+                results.append(pong)
+                if until_direct and endpoint:
+                    break
         return results
+
+    async def netcheck(self) -> dict[str, Any]:
+        """A fresh netcheck report from the running data plane (netcheck.Report's JSON)."""
+        if self._dataplane is None or self.state not in (RUNNING, STARTING):
+            raise localapi.RequestError("meshlet is not running (state %s): run `meshlet up`" % self.state)
+        netcheck = getattr(self._dataplane, "netcheck", None)
+        if netcheck is None:
+            raise localapi.RequestError("this data plane cannot run netcheck")
+        report: dict[str, Any] = await netcheck()
+        return report
 
     def whois(self, ip_text: str) -> dict[str, Any]:
         """The node with this address and its user's profile, from the netmap."""
@@ -565,7 +610,13 @@ class Backend:
                 or not isinstance(timeout_s, (int, float))
             ):
                 raise localapi.RequestError("ping: count must be a whole number and timeout_s a number")
-            return {"pongs": await self.ping(target, count, float(timeout_s))}
+            until_direct = req.get("until_direct", True)
+            if not isinstance(until_direct, bool):
+                raise localapi.RequestError("ping: until_direct must be true or false")
+            return {"pongs": await self.ping(target, count, float(timeout_s), until_direct)}
+
+        async def netcheck(req: dict[str, Any]) -> dict[str, Any]:
+            return {"report": await self.netcheck()}
 
         async def whois(req: dict[str, Any]) -> dict[str, Any]:
             ip_text = req.get("ip")
@@ -581,6 +632,7 @@ class Backend:
             "ip": ip,
             "ping": ping,
             "whois": whois,
+            "netcheck": netcheck,
         }
 
 

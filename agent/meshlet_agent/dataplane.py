@@ -116,6 +116,8 @@ class DataPlane:
         derp_http: plain-HTTP DERP (labs; Tailscale's TS_DEBUG_USE_DERP_HTTP).
         random_bytes: the randomness source.
         derp_max_backoff_ms: cap of the DERP redial backoff (tests lower it).
+        on_endpoints: called with (endpoints, endpoint types) when our own UDP endpoints change
+            (MagicSock's endpoint discovery), for control.
 
     Attributes:
         disco_public: this run's disco key, for control (MapRequest DiscoKey).
@@ -134,6 +136,7 @@ class DataPlane:
         derp_http: bool = False,
         random_bytes: Callable[[int], bytes] = os.urandom,
         derp_max_backoff_ms: int | None = None,
+        on_endpoints: Callable[[list[str], list[int]], None] | None = None,
     ) -> None:
         self.node_private = node_private
         self.node_public = node_private.public()
@@ -152,6 +155,7 @@ class DataPlane:
             derp_http=derp_http,
             random_bytes=random_bytes,
             derp_max_backoff_ms=derp_max_backoff_ms,
+            on_endpoints=on_endpoints,
         )
         self.tun: Tun | None = None
         self.device: Device | None = None
@@ -391,7 +395,7 @@ class DataPlane:
                 node = self._nodes.get(p.public_key)
                 hs = p.last_handshake_unix_ms
                 peers[p.public_key.to_text()] = {
-                    "CurAddr": "",
+                    "CurAddr": self.magicsock.cur_addr(p.public_key),
                     "Relay": self.magicsock.peer_relay(p.public_key),
                     "RxBytes": p.rx_bytes,
                     "TxBytes": p.tx_bytes,
@@ -412,6 +416,15 @@ class DataPlane:
     async def ping(self, peer: NodePublic, timeout_s: float = 5.0) -> PingResult:
         """A disco ping to `peer` (see MagicSock.ping): PingError or TimeoutError when it fails."""
         return await self.magicsock.ping(peer, timeout_s)
+
+    def set_on_endpoints(self, callback: Callable[[list[str], list[int]], None] | None) -> None:
+        """Sets (replaces) the on_endpoints callback; the Backend's way in (Parts builds the DataPlane)."""
+        self.magicsock._on_endpoints = callback
+
+    async def netcheck(self) -> dict[str, Any]:
+        """A fresh netcheck report over the shared socket (`meshlet netcheck`), in netcheck.Report's JSON."""
+        rep = await self.magicsock.netcheck_report()
+        return rep.to_json()
 
     def _count(self, name: str, n: int = 1) -> None:
         self._counters[name] = self._counters.get(name, 0) + n

@@ -15,17 +15,33 @@ each one. MagicSock owns them all and is the pump's transport (wgengine.py):
                      without a write (checked every DERP_CLEAN_STALE_INTERVAL_S)
         received WireGuard -> sink.receive(data, derp_addr(region)); disco as above
 
-    send(peer, datagram): to the peer's home DERP region (Node.home_derp), else the
-        region it last reached us from, else our home.
+    send(peer, datagram): on the path the peer's Endpoint (meshlet.magic.endpoint, disco.md §6)
+        decides: a trusted direct UDP address alone; otherwise DERP (the peer's home region,
+        else the region it last reached us from, else our home) plus a stale direct address,
+        and the discovery the Endpoint asks for (disco pings to candidates over UDP, a
+        CallMeMaybe with our endpoints over DERP).
 
-This version sends WireGuard over DERP only. Direct UDP paths (candidate
-endpoints, disco pings to them, CallMeMaybe, the best-address choice) arrive
-with issue 7: they fit into `_path_for` (which path a send takes) and
-`_on_disco` (pongs to UDP pings already go back by UDP).
+Direct paths: every peer has an Endpoint fed with the netmap's Endpoints,
+CallMeMaybe lists (accepted over DERP only) and addresses that pinged us.
+Pongs to our UDP pings make an address the best path; one timer drives all
+heartbeats (armed at the earliest Endpoint deadline, so an idle node gets no
+wake-ups from it). A send error that says the address is unusable drops it.
+WireGuard arriving over UDP goes to the pump with its source address: the
+Device finds the peer from the message itself (receiver index, handshake key),
+known address or not.
+
+Our own endpoints (disco.md §7): the STUN-reflexive address of the shared
+socket (netcheck), public-IPv4:local-port when the mapping varies by
+destination (STUN4LocalPort), and every interface address with the socket's
+port. They are re-learnt with each netcheck and reported through
+`on_endpoints(endpoints, types)` when they change; a changed reflexive address
+(our NAT rebound) also puts every peer's direct path in doubt (rediscovery).
 
 Netcheck runs over the shared socket (STUN to each region's STUNPort), with
 the HTTPS latency check as fallback when no STUN answer comes, at start, when
-the DERP map changes and every 20-26 s (Tailscale's periodic re-STUN).
+the DERP map changes, when a DERP connection comes back, before a CallMeMaybe
+when our endpoints are older than 27 s, and every 20-26 s while user traffic
+flowed in the last 45 s (Tailscale's periodic re-STUN; idle: every 5 min).
 
 Counters (`counters()`): rx/tx packets and bytes per path (`rx_derp_packets`,
 `tx_udp_bytes`, ...), and drops by reason (`drop_<reason>`): garbage is
@@ -33,6 +49,7 @@ counted, never raised.
 """
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -43,12 +60,16 @@ from typing import Any
 
 from meshlet import disco
 from meshlet.control.netmap import DERPRegion, Node
+from meshlet.derp.events import Connected
 from meshlet.derp.region import HomeRegion, fallback_home
 from meshlet.errors import ProtocolError
 from meshlet.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
 from meshlet.magic.classify import KIND_DISCO, KIND_STUN, KIND_WIREGUARD, derp_addr, kind
+from meshlet.magic.endpoint import ACTION_CALL_ME_MAYBE, ACTION_PING, Action, Endpoint
+from meshlet.wire import format_addr, parse_addr
 
 from . import netcheck
+from .netcheck import Report as NetcheckReport
 from .derpclient import DerpClient
 from .udp import Udp, UdpError
 from .wgengine import Sink, Transmit
@@ -64,6 +85,17 @@ RESTUN_MIN_S, RESTUN_JITTER_S = 20.0, 6.0
 """The periodic netcheck runs every 20-26 s, like Tailscale's re-STUN."""
 PING_TIMEOUT_S = 5.0
 """Tailscale's pingTimeoutDuration."""
+ENDPOINTS_FRESH_S = 27.0
+"""Tailscale's endpointsFreshEnoughDuration: older endpoints are re-STUNed before a CallMeMaybe."""
+SESSION_ACTIVE_S = 45.0
+"""Tailscale's sessionActiveTimeout: the periodic re-STUN runs while traffic flowed this recently."""
+IDLE_NETCHECK_S = 300.0
+"""Idle, a full report every 5 min still keeps the home region current."""
+ENDPOINT_LOCAL = 1
+ENDPOINT_STUN = 2
+ENDPOINT_STUN4_LOCAL_PORT = 4
+"""tailcfg.EndpointType values reported to control with the endpoints."""
+_UNUSABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
 READ_SIZE = 65535
 HTTP_DERP_PORT = 3340
 """Tailscale's plain-HTTP DERP port when DERPPort is 0 (TS_DEBUG_USE_DERP_HTTP)."""
@@ -74,29 +106,40 @@ class PingError(Exception):
 
 
 class PingResult:
-    """A pong: the round trip and the path it took ("DERP(<region code>)")."""
+    """A pong: the round trip and the path it took.
 
-    __slots__ = ("latency_s", "via", "region_id")
+    Attributes:
+        via: "DERP(<region code>)" or the direct address the ping went to ("10.0.0.2:41641").
+        region_id: the DERP region for a pong via DERP, 0 for a direct one.
+        endpoint: the direct address ("" via DERP), as tailscale ping's Endpoint.
+    """
 
-    def __init__(self, latency_s: float, via: str, region_id: int) -> None:
+    __slots__ = ("latency_s", "via", "region_id", "endpoint")
+
+    def __init__(self, latency_s: float, via: str, region_id: int, endpoint: str = "") -> None:
         self.latency_s = latency_s
         self.via = via
         self.region_id = region_id
+        self.endpoint = endpoint
 
     def __repr__(self) -> str:
         return "PingResult(%.3f ms via %s)" % (self.latency_s * 1000, self.via)
 
 
 class _Peer:
-    """What MagicSock knows of one peer: its home region and its disco key."""
+    """What MagicSock knows of one peer: its home region, its disco key and its path state."""
 
-    __slots__ = ("key", "home_derp", "disco_key", "shared")
+    __slots__ = ("key", "home_derp", "disco_key", "shared", "endpoint", "netmap_endpoints")
 
-    def __init__(self, key: NodePublic, home_derp: int, disco_key: DiscoPublic, shared: bytes | None) -> None:
+    def __init__(
+        self, key: NodePublic, home_derp: int, disco_key: DiscoPublic, shared: bytes | None, endpoint: Endpoint
+    ) -> None:
         self.key = key
         self.home_derp = home_derp
         self.disco_key = disco_key
         self.shared = shared
+        self.endpoint = endpoint
+        self.netmap_endpoints: list[str] = []
 
 
 class _Region:
@@ -184,6 +227,12 @@ class MagicSock:
         derp_http: dial DERP over plain HTTP (Tailscale's TS_DEBUG_USE_DERP_HTTP), for labs.
         random_bytes: randomness for disco nonces and txids, backoff jitter.
         derp_max_backoff_ms: cap of the DERP redial backoff (tests lower it).
+        on_endpoints: called with (["ip:port", ...], [tailcfg.EndpointType, ...]) whenever our own
+            endpoints change (for control's MapRequest.Endpoints / EndpointTypes).
+
+    Attributes:
+        endpoints: our current endpoints as (address, type), STUN first.
+        report: the last netcheck report (None before the first).
     """
 
     def __init__(
@@ -197,6 +246,7 @@ class MagicSock:
         derp_http: bool = False,
         random_bytes: Callable[[int], bytes] = os.urandom,
         derp_max_backoff_ms: int | None = None,
+        on_endpoints: Callable[[list[str], list[int]], None] | None = None,
     ) -> None:
         self.node_private = node_private
         self.node_public = node_private.public()
@@ -219,7 +269,6 @@ class MagicSock:
         self._by_disco: dict[DiscoPublic, NodePublic] = {}
         self._shared: dict[DiscoPublic, bytes] = {}
         self._last_region: dict[NodePublic, int] = {}
-        self._pings: dict[bytes, tuple[asyncio.Future[PingResult], float, NodePublic]] = {}
         self._counters: dict[str, int] = {}
         self._sink: Sink | None = None
         self._batch = 64
@@ -228,6 +277,17 @@ class MagicSock:
         self._tasks: list[asyncio.Task[None]] = []
         self._netcheck_now = asyncio.Event()
         self._closed = False
+        self._on_endpoints = on_endpoints
+        self.endpoints: list[tuple[tuple[bytes, int], int]] = []
+        self.endpoints_at: float | None = None  # monotonic time of the last netcheck that set them
+        self.report: NetcheckReport | None = None
+        self._netcheck_lock = asyncio.Lock()
+        self._last_netcheck: float | None = None
+        self._last_send = -1e9  # monotonic s of the last user packet to any peer
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._cmm_waiting: set[NodePublic] = set()
+        self._cli_pings: dict[bytes, tuple[asyncio.Future[PingResult], float, NodePublic, str]] = {}
 
     # --- life cycle ------------------------------------------------------------
 
@@ -256,6 +316,9 @@ class MagicSock:
     async def close(self) -> None:
         """Closes every DERP client and the sockets; pending pings fail."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -273,10 +336,10 @@ class MagicSock:
                     self._loop.remove_reader(sock.fileno())
             self.udp.close()
             self.udp = None
-        for fut, _, _ in self._pings.values():
+        for fut, _, _, _ in self._cli_pings.values():
             if not fut.done():
                 fut.set_exception(PingError("closed"))
-        self._pings.clear()
+        self._cli_pings.clear()
 
     # --- the pump's transport ----------------------------------------------------
 
@@ -316,7 +379,8 @@ class MagicSock:
         self._netcheck_now.set()
 
     def set_peers(self, peers: Mapping[NodePublic, Node]) -> None:
-        """Takes the netmap's peers: their home regions and disco keys."""
+        """Takes the netmap's peers: home regions, disco keys and endpoints (a changed disco key resets
+        the peer's path state; a node key that is new gets fresh state)."""
         out: dict[NodePublic, _Peer] = {}
         by_disco: dict[DiscoPublic, NodePublic] = {}
         for key, node in peers.items():
@@ -331,7 +395,17 @@ class MagicSock:
                         self._count("drop_bad_disco_key")
                         shared = None
                 by_disco[dk] = key
-            out[key] = _Peer(key, node.home_derp, dk, shared)
+            old = self._peers.get(key)
+            if old is not None:
+                ep = old.endpoint
+                if old.disco_key != dk:
+                    ep.reset()
+            else:
+                ep = Endpoint(self._random_bytes)
+            info = out[key] = _Peer(key, node.home_derp, dk, shared, ep)
+            info.netmap_endpoints = list(node.endpoints)
+            if old is None or old.netmap_endpoints != info.netmap_endpoints:
+                ep.set_netmap_endpoints(self._parse_endpoints(node.endpoints))
         self._peers = out
         self._by_disco = by_disco
         live = {p.disco_key for p in out.values()}
@@ -339,11 +413,48 @@ class MagicSock:
             del self._shared[dk]
         for key in [k for k in self._last_region if k not in out]:
             del self._last_region[key]
+        self._cmm_waiting &= set(out)
+
+    def _parse_endpoints(self, texts: list[str]) -> list[tuple[bytes, int]]:
+        out = []
+        for text in texts:
+            try:
+                ip, port = parse_addr(text)
+            except ProtocolError:
+                self._count("bad_peer_endpoint")
+                continue
+            if port and self._reachable(ip):
+                out.append((ip, port))
+        return out
+
+    def _reachable(self, ip: bytes) -> bool:
+        """IPv6 endpoints only when we have an IPv6 socket (before start: assume we will)."""
+        return len(ip) == 4 or self.udp is None or self.udp.v6 is not None
 
     # --- sending -------------------------------------------------------------------
 
     def send(self, peer: NodePublic, data: bytes) -> bool:
-        """Sends one datagram to `peer` on its current path; False (counted) if it was dropped."""
+        """Sends one datagram to `peer` on its current path(s); False (counted) if it was dropped."""
+        info = self._peers.get(peer)
+        if info is None or info.shared is None:
+            return self._send_derp_only(peer, data)  # no disco key: no direct path can be found
+        now = _now_ms()
+        self._last_send = now / 1000
+        ep = info.endpoint
+        plan = ep.send(now)
+        if plan.actions:
+            self._do_actions(info, plan.actions, now)
+        deadline = ep.next_heartbeat_ms
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            self._arm(deadline)
+        sent = False
+        if plan.udp is not None:
+            sent = self._udp_send(data, plan.udp, info)
+        if plan.derp:
+            sent = self._send_derp_only(peer, data) or sent
+        return sent
+
+    def _send_derp_only(self, peer: NodePublic, data: bytes) -> bool:
         region = self._path_for(peer)
         if not region:
             self._count("drop_no_path")
@@ -400,6 +511,7 @@ class MagicSock:
             preferred=region_id == self.home_region,
             ideal_node=str(region.nodes[0].get("Name") or "") or None,
             on_packet=lambda src, data: self._on_derp(region_id, src, data),
+            on_event=lambda ev: self._on_derp_event(region_id, ev),
             random_bytes=self._random_bytes,
             **kwargs,
         )
@@ -407,6 +519,11 @@ class MagicSock:
         client.start()
         log.info("magicsock: connecting to DERP region %d (%s)", region_id, client.url)
         return r
+
+    def _on_derp_event(self, region_id: int, ev: object) -> None:
+        r = self._clients.get(region_id)
+        if isinstance(ev, Connected) and r is not None and r.client.connects > 1:
+            self._netcheck_now.set()  # a reconnect: our network may have changed, re-STUN
 
     def _close_region(self, region_id: int, why: str) -> None:
         r = self._clients.pop(region_id, None)
@@ -502,36 +619,139 @@ class MagicSock:
             return
         if derp_src is not None:
             self._last_region[derp_src] = region_id
+        now = _now_ms()
         if isinstance(msg, disco.Ping):
+            if derp_src is None and not info.endpoint.ping_received(src, msg.txid, now):
+                self._count("drop_disco_duplicate_ping")
+                return
             pong = disco.Pong(msg.txid, src[0], src[1])
             packet = disco.seal(info.shared, self.disco_public, self._random_bytes(disco.NONCE_LEN), pong)
             if derp_src is not None:
                 if self._derp_send(region_id, derp_src, packet):
                     self._count("tx_disco_pongs")
-            else:
-                self._udp_send(packet, src)
+            elif self._udp_send(packet, src):
+                self._count("tx_disco_pongs")
         elif isinstance(msg, disco.Pong):
-            pending = self._pings.pop(msg.txid, None)
-            if pending is None:
-                self._count("drop_disco_unknown_pong")
+            self._on_pong(info, msg, derp_src is not None, region_id, src, now)
+        elif isinstance(msg, disco.CallMeMaybe):
+            if derp_src is None or derp_src != info.key:
+                self._count("drop_call_me_maybe_not_via_derp")  # only over DERP, from the key's owner
                 return
-            fut, sent, who = pending
-            if who != info.key or fut.done():
-                self._count("drop_disco_unknown_pong")
-                return
-            fut.set_result(PingResult(time.monotonic() - sent, self._via(region_id, src), region_id))
+            self._count("rx_call_me_maybe")
+            actions = info.endpoint.call_me_maybe(self._parse_cmm(msg.endpoints), now)
+            if actions:
+                self._do_actions(info, actions, now)
         else:
-            self._count("disco_ignored_%s" % type(msg).__name__)  # CallMeMaybe etc.: issue 7
+            self._count("disco_ignored_%s" % type(msg).__name__)  # the peer-relay messages
 
-    def _udp_send(self, data: bytes, dst: tuple[bytes, int]) -> None:
+    def _parse_cmm(self, endpoints: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+        return [(ip, port) for ip, port in endpoints if port and self._reachable(ip)]
+
+    def _on_pong(
+        self, info: _Peer, msg: disco.Pong, via_derp: bool, region_id: int, src: tuple[bytes, int], now: int
+    ) -> None:
+        matched = False
+        addr_text = ""
+        if not via_derp:
+            res = info.endpoint.pong(msg.txid, now)
+            if res is not None:
+                matched = True
+                addr_text = format_addr(*res.addr)
+                if res.is_best:
+                    log.debug("magicsock: %s: direct path %s (%d ms)", info.key.short(), addr_text, res.latency_ms)
+        cli = self._cli_pings.get(msg.txid)
+        if cli is not None:
+            fut2, sent2, who2, to = cli
+            if who2 == info.key and not fut2.done():
+                matched = True
+                if via_derp:
+                    fut2.set_result(PingResult(time.monotonic() - sent2, self._via(region_id, src), region_id))
+                else:
+                    text = addr_text or to
+                    fut2.set_result(PingResult(time.monotonic() - sent2, text, 0, text))
+        if not matched:
+            self._count("drop_disco_unknown_pong")
+
+    def _udp_send(self, data: bytes, dst: tuple[bytes, int], info: _Peer | None = None) -> bool:
+        """One datagram over UDP; an error that says the address is unusable drops it from `info`'s paths."""
         if self.udp is None:
-            return
+            return False
         try:
             self.udp.sendto(data, dst)
-            self._count("tx_udp_packets")
-            self._count("tx_udp_bytes", len(data))
-        except OSError:
+        except OSError as e:
             self._count("drop_udp_send")
+            if info is not None and e.errno in _UNUSABLE_ERRNOS:
+                info.endpoint.send_error(dst)
+            return False
+        self._count("tx_udp_packets")
+        self._count("tx_udp_bytes", len(data))
+        return True
+
+    # --- direct paths: the Endpoints' actions and their timer ---------------------------
+
+    def _do_actions(self, info: _Peer, actions: list[Action], now: int) -> None:
+        shared = info.shared
+        if shared is None:
+            return
+        for a in actions:
+            if a.kind == ACTION_PING and a.addr is not None:
+                msg = disco.Ping(a.txid, self.node_public)
+                packet = disco.seal(shared, self.disco_public, self._random_bytes(disco.NONCE_LEN), msg)
+                if self._udp_send(packet, a.addr, info):
+                    self._count("tx_disco_pings")
+            elif a.kind == ACTION_CALL_ME_MAYBE:
+                self._call_me_maybe(info)
+
+    def _call_me_maybe(self, info: _Peer) -> None:
+        """Our endpoints to the peer over DERP, after a re-STUN if they are older than 27 s."""
+        at = self.endpoints_at
+        if at is None or time.monotonic() - at > ENDPOINTS_FRESH_S:
+            self._cmm_waiting.add(info.key)
+            self._netcheck_now.set()
+            return
+        self._send_call_me_maybe(info)
+
+    def _send_call_me_maybe(self, info: _Peer) -> None:
+        if info.shared is None or not self.endpoints:
+            return
+        region = self._path_for(info.key)
+        if not region:
+            self._count("drop_no_path")
+            return
+        msg = disco.CallMeMaybe([addr for addr, _ in self.endpoints])
+        packet = disco.seal(info.shared, self.disco_public, self._random_bytes(disco.NONCE_LEN), msg)
+        if self._derp_send(region, info.key, packet):
+            self._count("tx_call_me_maybe")
+
+    def _arm(self, deadline_ms: int) -> None:
+        """The one heartbeat timer, at the earliest deadline of any Endpoint."""
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline_ms
+        self._timer = loop.call_later(max(0, deadline_ms - _now_ms()) / 1000, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = _now_ms()
+        earliest: int | None = None
+        for info in list(self._peers.values()):
+            ep = info.endpoint
+            due = ep.next_deadline_ms()
+            if due is None:
+                continue
+            if due <= now:
+                actions = ep.tick(now)
+                if actions:
+                    self._do_actions(info, actions, now)
+                due = ep.next_deadline_ms()
+            if due is not None and (earliest is None or due < earliest):
+                earliest = due
+        if earliest is not None:
+            self._arm(earliest)
 
     def _via(self, region_id: int, src: tuple[bytes, int]) -> str:
         if region_id:
@@ -542,7 +762,8 @@ class MagicSock:
         return ("%s:%d" if len(ip) == 4 else "[%s]:%d") % (text, port)
 
     async def ping(self, peer: NodePublic, timeout_s: float = PING_TIMEOUT_S) -> PingResult:
-        """A disco ping to `peer` on its current path; the pong's round trip.
+        """A disco ping to `peer`, as `tailscale ping` sends it: to the direct path if there is one, and over
+        DERP (plus a discovery round) while none is trusted; the first pong wins.
 
         Raises:
             PingError: the peer is unknown, has no disco key, or there is no path to it.
@@ -553,31 +774,46 @@ class MagicSock:
             raise PingError("%s is not a peer in the netmap" % peer.short())
         if info.shared is None:
             raise PingError("%s has no disco key (an old client, or not connected to control)" % peer.short())
-        region = self._path_for(peer)
-        if not region:
-            raise PingError("no path to %s: no DERP region known yet" % peer.short())
-        txid = self._random_bytes(disco.TXID_LEN)
-        msg = disco.Ping(txid, self.node_public)
-        packet = disco.seal(info.shared, self.disco_public, self._random_bytes(disco.NONCE_LEN), msg)
+        now = _now_ms()
+        ep = info.endpoint
+        use_derp = ep.path(now).derp
         fut: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
-        self._pings[txid] = (fut, time.monotonic(), peer)
+        txids: list[bytes] = []
+        actions = ep.cli_ping(now)
+        for a in actions:
+            if a.kind == ACTION_PING and a.addr is not None:
+                self._cli_pings[a.txid] = (fut, time.monotonic(), peer, format_addr(*a.addr))
+                txids.append(a.txid)
         try:
-            if not self._derp_send(region, peer, packet):
-                # Not connected yet (a region just dialled): wait for it, then try once more.
-                r = self._clients.get(region)
-                if r is not None:
-                    async with asyncio.timeout(timeout_s):
-                        await r.client.wait_connected()
-                    self._pings[txid] = (fut, time.monotonic(), peer)
-                    if not self._derp_send(region, peer, packet):
-                        raise PingError("DERP region %d did not take the ping" % region)
-                else:
-                    raise PingError("DERP region %d is not reachable" % region)
-            self._count("tx_disco_pings")
+            self._do_actions(info, actions, now)
+            region = self._path_for(peer) if use_derp else 0
+            if use_derp and not region and not txids:
+                raise PingError("no path to %s: no DERP region known yet" % peer.short())
+            if region:
+                txid = self._random_bytes(disco.TXID_LEN)
+                packet = disco.seal(
+                    info.shared, self.disco_public, self._random_bytes(disco.NONCE_LEN), disco.Ping(txid, self.node_public)
+                )
+                self._cli_pings[txid] = (fut, time.monotonic(), peer, "")
+                txids.append(txid)
+                if not self._derp_send(region, peer, packet):
+                    # Not connected yet (a region just dialled): wait for it, then try once more.
+                    r = self._clients.get(region)
+                    if r is None:
+                        if len(txids) == 1:
+                            raise PingError("DERP region %d is not reachable" % region)
+                    else:
+                        async with asyncio.timeout(timeout_s):
+                            await r.client.wait_connected()
+                        self._cli_pings[txid] = (fut, time.monotonic(), peer, "")
+                        if not self._derp_send(region, peer, packet) and len(txids) == 1:
+                            raise PingError("DERP region %d did not take the ping" % region)
+                self._count("tx_disco_pings")
             async with asyncio.timeout(timeout_s):
                 return await fut
         finally:
-            self._pings.pop(txid, None)
+            for t in txids:
+                self._cli_pings.pop(t, None)
 
     # --- home region ------------------------------------------------------------------
 
@@ -587,40 +823,99 @@ class MagicSock:
             try:
                 async with asyncio.timeout(interval):
                     await self._netcheck_now.wait()
+                kicked = True
             except TimeoutError:
-                pass
+                kicked = False
             self._netcheck_now.clear()
             if not self._regions:
                 continue
+            mono = time.monotonic()
+            active = mono - self._last_send <= SESSION_ACTIVE_S
+            last = self._last_netcheck
+            if not kicked and not active and last is not None and mono - last < IDLE_NETCHECK_S:
+                continue  # idle: no periodic re-STUN
             try:
                 await self.netcheck()
             except Exception:
                 log.exception("magicsock: netcheck failed")
 
     async def netcheck(self) -> int:
-        """One report over the shared socket; updates the home region. Returns it."""
-        regions = dict(self._regions)
-        targets = [region_target(r, self._derp_http) for r in regions.values()]
-        start = _now_ms()
-        latencies, _ = await netcheck.measure(targets, self.prober)
-        now = _now_ms()
-        heard = {}
-        for rid, r in self._clients.items():
-            t = r.client.last_rx_ms
-            if t is not None:
-                heard[rid] = t
-        self.last_latencies_us = latencies
-        home = self.home.update({k: v for k, v in latencies.items() if k in regions}, now, start, heard)
-        if not home:
-            home = fallback_home(list(regions), self.home_region, self._random_bytes)
-            self.home.home = home
-        if latencies:
-            log.debug(
-                "magicsock: netcheck: %s",
-                ", ".join("%d: %.1f ms" % (k, v / 1000) for k, v in sorted(latencies.items())),
-            )
-        self._set_home(home)
-        return home
+        """One report over the shared socket; updates the home region and our endpoints. Returns the home."""
+        return (await self.netcheck_report()).preferred_derp
+
+    async def netcheck_report(self) -> NetcheckReport:
+        """One report over the shared socket (see netcheck.report); updates home region and endpoints."""
+        async with self._netcheck_lock:
+            regions = dict(self._regions)
+            targets = [region_target(r, self._derp_http) for r in regions.values()]
+            start = _now_ms()
+            rep, latencies = await netcheck.report(targets, self.prober)
+            now = _now_ms()
+            self._last_netcheck = time.monotonic()
+            heard = {}
+            for rid, r in self._clients.items():
+                t = r.client.last_rx_ms
+                if t is not None:
+                    heard[rid] = t
+            self.last_latencies_us = latencies
+            home = self.home.update({k: v for k, v in latencies.items() if k in regions}, now, start, heard)
+            if not home:
+                home = fallback_home(list(regions), self.home_region, self._random_bytes)
+                self.home.home = home
+            if latencies:
+                log.debug(
+                    "magicsock: netcheck: %s",
+                    ", ".join("%d: %.1f ms" % (k, v / 1000) for k, v in sorted(latencies.items())),
+                )
+            rep.preferred_derp = home
+            rep.region_names = {rid: (r.code, r.name) for rid, r in regions.items()}
+            old_global = self.report.global_v4 if self.report is not None else None
+            self.report = rep
+            self._set_home(home)
+            self._update_endpoints(rep, old_global)
+            return rep
+
+    def _update_endpoints(self, rep: NetcheckReport, old_global: tuple[bytes, int] | None) -> None:
+        """Our endpoints from a report (disco.md §7): STUN, STUN4LocalPort, local addresses."""
+        eps: list[tuple[tuple[bytes, int], int]] = []
+        seen: set[tuple[bytes, int]] = set()
+
+        def add(addr: tuple[bytes, int], t: int) -> None:
+            if addr not in seen:
+                seen.add(addr)
+                eps.append((addr, t))
+
+        if rep.global_v4 is not None:
+            add(rep.global_v4, ENDPOINT_STUN)
+            if rep.mapping_varies_by_dest_ip:
+                add((rep.global_v4[0], self.port), ENDPOINT_STUN4_LOCAL_PORT)
+        v6 = self.udp is not None and self.udp.v6 is not None
+        for ip in netcheck.local_addresses():
+            if len(ip) == 4 or v6:
+                add((ip, self.port), ENDPOINT_LOCAL)
+        self.endpoints_at = time.monotonic()
+        changed = eps != self.endpoints
+        self.endpoints = eps
+        if old_global is not None and rep.global_v4 is not None and old_global != rep.global_v4:
+            # Our NAT rebound: every direct path may be dead, and peers must learn the new mapping.
+            log.info("magicsock: our public address moved from %s to %s; rediscovering paths",
+                     format_addr(*old_global), format_addr(*rep.global_v4))  # fmt: skip
+            for info in self._peers.values():
+                info.endpoint.network_changed()
+                if info.endpoint.next_heartbeat_ms is not None:
+                    self._cmm_waiting.add(info.key)  # active peers: tell them at once
+        waiting, self._cmm_waiting = self._cmm_waiting, set()
+        for key in waiting:
+            peer = self._peers.get(key)
+            if peer is not None:
+                self._send_call_me_maybe(peer)
+        if changed:
+            log.info("magicsock: endpoints %s", " ".join(format_addr(*a) for a, _ in eps) or "(none)")
+            if self._on_endpoints is not None:
+                try:
+                    self._on_endpoints([format_addr(*a) for a, _ in eps], [t for _, t in eps])
+                except Exception:
+                    log.exception("magicsock: the on_endpoints callback failed")
 
     def _set_home(self, home: int) -> None:
         old = self.home_region
@@ -669,6 +964,19 @@ class MagicSock:
         """The region code of the DERP region `peer` is reached by ("" if none)."""
         region = self._regions.get(self._path_for(peer))
         return region.code if region is not None else ""
+
+    def cur_addr(self, peer: NodePublic) -> str:
+        """The trusted direct address of `peer` ("ip:port"), "" while it is reached over DERP."""
+        info = self._peers.get(peer)
+        if info is None:
+            return ""
+        addr = info.endpoint.cur_addr(_now_ms())
+        return format_addr(*addr) if addr is not None else ""
+
+    def peer_endpoint(self, peer: NodePublic) -> Endpoint | None:
+        """The path state of `peer` (for tests and debugging)."""
+        info = self._peers.get(peer)
+        return info.endpoint if info is not None else None
 
     def derp_connected(self, region_id: int) -> bool:
         r = self._clients.get(region_id)

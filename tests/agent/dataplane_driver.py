@@ -7,8 +7,9 @@ reads DIR/NAME.key (a node private key, `privkey:...`) and DIR/NAME.netmap.json
 NAME0 with a fake MagicDNS resolver, applies the netmap, and answers one JSON
 request per connection on the Unix socket DIR/NAME.sock:
 
-    {"cmd": "status"}                    -> DataPlane.status()
+    {"cmd": "status"}                    -> DataPlane.status() (+ "endpoints": our discovered endpoints)
     {"cmd": "ping", "peer": "nodekey:…"} -> {"via": "DERP(lab)", "latency_ms": 1.2} | {"error": "…"}
+    {"cmd": "netcheck"}                  -> DataPlane.netcheck() (netcheck.Report's JSON)
     {"cmd": "reload"}                    -> re-reads NAME.netmap.json into a fresh NetMap and applies it
 
 The fake resolver answers `peer-b.tailnet.test.` (A) itself, as MagicDNS
@@ -28,6 +29,7 @@ from dnslib import QTYPE, RR, A, DNSRecord
 
 from meshlet.control.netmap import NetMap
 from meshlet.key import NodePrivate, NodePublic
+from meshlet.wire import format_addr
 from meshlet_agent.dataplane import DataPlane, PingError
 
 LOCAL_NAME = "peer-b.tailnet.test."
@@ -85,12 +87,15 @@ async def main(directory: str, name: str) -> None:
                 out["homes"] = homes
                 out["disco"] = dp.disco_public.to_text()
                 out["dns"] = {"local": resolver.local, "forwarded": resolver.forwarded}
+                out["endpoints"] = [format_addr(*addr) for addr, _ in dp.magicsock.endpoints]
             elif req["cmd"] == "ping":
                 try:
                     r = await dp.ping(NodePublic.from_text(req["peer"]), 5.0)
-                    out = {"via": r.via, "latency_ms": r.latency_s * 1000}
+                    out = {"via": r.via, "latency_ms": r.latency_s * 1000, "endpoint": r.endpoint}
                 except (PingError, TimeoutError) as e:
                     out = {"error": str(e) or type(e).__name__}
+            elif req["cmd"] == "netcheck":
+                out = await dp.netcheck()
             elif req["cmd"] == "reload":
                 dp.apply_netmap(load_netmap(netmap_path))
                 out = {"ok": True}

@@ -16,7 +16,10 @@ Checked: the home region is found and reported; ping through DERP; a
 4 MiB TCP transfer with its SHA-256; a port the filter does not open is
 dropped (and counted); MagicDNS queries to 100.100.100.100 and
 fd7a:115c:a1e0::53 answered locally and "upstream" by a fake resolver; a
-disco ping reported as DERP(lab); status in tailscale terms. Needs root and
+disco ping reported as DERP(lab); status in tailscale terms. Last, with UDP
+between the leaves opened and each node's discovered endpoints in the other's
+netmap: the path goes direct (CurAddr, a ping via the address, a TCP transfer
+carried by UDP), and blocking UDP again falls back to DERP. Needs root and
 iproute2; skips with the reason otherwise.
 """
 
@@ -161,7 +164,7 @@ def test_a_filter_that_does_not_compile_keeps_the_last_good_one() -> None:
 # --- two data planes in namespaces ----------------------------------------------------------
 
 
-def _node(n: int, key: NodePrivate, disco: str | None) -> dict[str, Any]:
+def _node(n: int, key: NodePrivate, disco: str | None, endpoints: list[str] | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "ID": n, "Key": key.public().to_text(), "Name": "node-%d.tailnet.test." % n,
         "Addresses": ["100.64.0.%d/32" % n, "fd7a:115c:a1e0::%d/128" % n], "HomeDERP": REGION,
@@ -169,12 +172,15 @@ def _node(n: int, key: NodePrivate, disco: str | None) -> dict[str, Any]:
     }  # fmt: skip
     if disco:
         doc["DiscoKey"] = disco
+    if endpoints:
+        doc["Endpoints"] = endpoints
     return doc
 
 
 def _netmap(me: int, keys: dict[int, NodePrivate], discos: dict[int, str], ports: tuple[int, int],
-            derp_map: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    peers = [_node(n, k, discos.get(n)) for n, k in keys.items() if n != me]
+            derp_map: dict[str, Any], endpoints: dict[int, list[str]] | None = None) -> dict[str, Any]:  # fmt: skip
+    eps = endpoints or {}
+    peers = [_node(n, k, discos.get(n), eps.get(n)) for n, k in keys.items() if n != me]
     rule = {"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": ports[0], "Last": ports[1]}}]}
     return {"Node": _node(me, keys[me], discos.get(me)), "Peers": peers, "DERPMap": derp_map,
             "PacketFilter": [rule], "Domain": "tailnet.test"}  # fmt: skip
@@ -187,11 +193,12 @@ class DataPlaneLab:
         self.keys = {1: NodePrivate.generate(os.urandom), 2: NodePrivate.generate(os.urandom)}
         self.names = {1: "a", 2: "b"}
         self.discos: dict[int, str] = {}
+        self.endpoints: dict[int, list[str]] = {}  # as control would spread them; empty: DERP only
         self.procs: dict[int, Any] = {}
 
     def write_netmaps(self, ports: tuple[int, int] = (OPEN_PORT, OPEN_PORT)) -> None:
         for n, name in self.names.items():
-            doc = _netmap(n, self.keys, self.discos, ports, self.relay.derp_map())
+            doc = _netmap(n, self.keys, self.discos, ports, self.relay.derp_map(), self.endpoints)
             (self.star.dir / (name + ".netmap.json")).write_text(json.dumps(doc))
 
     def start(self) -> None:
@@ -336,7 +343,83 @@ def test_magicdns_queries_are_answered_by_the_resolver(lab: DataPlaneLab) -> Non
 
 
 @pytest.mark.netns
+def test_netcheck_reports_udp_the_public_address_and_the_home(lab: DataPlaneLab) -> None:
+    rep = lab.request("a", {"cmd": "netcheck"})
+    assert rep["UDP"] is True and rep["PreferredDERP"] == REGION
+    assert rep["GlobalV4"].startswith(lab.star.addr["a"] + ":")  # no NAT between the leaf and the hub
+    assert rep["MappingVariesByDestIP"] is None  # one STUN server in the map: cannot tell
+    assert str(REGION) in rep["RegionLatency"]
+
+
+@pytest.mark.netns
 def test_disco_ping_through_derp(lab: DataPlaneLab) -> None:
     res = lab.request("a", {"cmd": "ping", "peer": lab.keys[2].public().to_text()})
     assert res.get("via") == "DERP(lab)", res
     assert res["latency_ms"] > 0
+
+
+def _cur_addr(lab: DataPlaneLab, where: str, peer: int) -> str:
+    st = lab.request(where, {"cmd": "status"})
+    return str(st["Peer"][lab.keys[peer].public().to_text()]["CurAddr"])
+
+
+@pytest.mark.netns
+def test_with_udp_between_the_leaves_the_path_goes_direct_and_falls_back_to_derp_when_blocked(
+    lab: DataPlaneLab,
+) -> None:
+    """Last in this module: it opens UDP between the leaves and gives the nodes each other's endpoints
+    (what control does with the endpoints each node reports), then closes it again."""
+    can_block = shutil.which("nft") is not None
+    try:
+        if can_block:
+            lab.star.set_leaf_udp(blocked=False)
+        for n, name in lab.names.items():
+            eps = netns.wait_for(lambda: lab.request(name, {"cmd": "status"})["endpoints"], 30, "endpoints")
+            assert lab.star.addr[name] in " ".join(eps), eps  # the leaf's address, by STUN and locally
+            lab.endpoints[n] = eps
+        lab.write_netmaps()
+        for name in lab.names.values():
+            assert lab.request(name, {"cmd": "reload"}) == {"ok": True}
+
+        start = time.monotonic()
+        deadline = start + 30
+        while not (_cur_addr(lab, "a", 2) and _cur_addr(lab, "b", 1)):
+            lab.star.run("a", "ping", "-c", "1", "-W", "1", B_IP, check=False)
+            if time.monotonic() > deadline:
+                raise AssertionError("no direct path within 30 s\n" + lab.logs())
+        print("\ndirect path between the leaves after %.2f s of pinging" % (time.monotonic() - start))
+        cur = _cur_addr(lab, "a", 2)
+        assert cur in lab.endpoints[2]
+        res = lab.request("a", {"cmd": "ping", "peer": lab.keys[2].public().to_text()})
+        assert res.get("via") == cur and res.get("endpoint") == cur, res
+
+        before = lab.request("a", {"cmd": "status"})["Counters"].get("tx_derp_bytes", 0)
+        recv = lab.star.spawn("b", "recv-direct", [sys.executable, NETNS_PY, "recv", B_IP, str(OPEN_PORT)])
+        netns.wait_for(lambda: "listening" in recv.log(), 10, "receiver")
+        sent = json.loads(lab.star.run("a", sys.executable, NETNS_PY, "send", B_IP, str(OPEN_PORT),
+                                       str(TRANSFER_BYTES), timeout=120).stdout)  # fmt: skip
+        netns.wait_for(lambda: recv.log().strip().endswith("}"), 30, "receiver result")
+        got = json.loads(recv.log().strip().splitlines()[-1])
+        assert got["sha256"] == sent["sha256"] and got["bytes"] == TRANSFER_BYTES
+        st = lab.request("a", {"cmd": "status"})
+        assert st["Counters"]["tx_udp_bytes"] > TRANSFER_BYTES
+        assert st["Counters"].get("tx_derp_bytes", 0) - before < TRANSFER_BYTES // 10  # the bulk went direct
+
+        if can_block:
+            lab.star.set_leaf_udp(blocked=True)
+            start = time.monotonic()
+            while _cur_addr(lab, "a", 2):
+                lab.star.run("a", "ping", "-c", "1", "-W", "1", B_IP, check=False)
+                if time.monotonic() > start + 30:
+                    raise AssertionError("still direct 30 s after UDP was blocked\n" + lab.logs())
+            print("back on DERP %.2f s after UDP was blocked" % (time.monotonic() - start))
+            _ping_until_answered(lab, "a", B_IP)
+            res = lab.request("a", {"cmd": "ping", "peer": lab.keys[2].public().to_text()})
+            assert res.get("via") == "DERP(lab)", res
+    finally:
+        if can_block:
+            lab.star.set_leaf_udp(blocked=True)
+        lab.endpoints = {}
+        lab.write_netmaps()
+        for name in lab.names.values():
+            lab.request(name, {"cmd": "reload"})

@@ -19,6 +19,7 @@ import functools
 import os
 import struct
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -27,9 +28,10 @@ from hypothesis import strategies as st
 from meshlet import disco
 from meshlet.control.netmap import DERPRegion, Node
 from meshlet.key import DiscoPrivate, NodePrivate
-from meshlet.magic.classify import derp_addr
+from meshlet.magic.classify import derp_addr, derp_region
 from meshlet_agent.derpclient import DerpClient
 from meshlet_agent.magicsock import MagicSock, PingError, derp_url, region_target
+from meshlet.wire import format_addr
 from meshlet_derp.config import Config
 from meshlet_derp.server import DerpServer
 
@@ -334,3 +336,178 @@ def test_a_peer_homed_elsewhere_is_reached_through_its_region_dialled_on_demand(
                 await r.close()
 
     asyncio.run(body())
+
+
+# --- direct paths (issue 7) -------------------------------------------------------------------
+
+
+def _with_endpoints(node: NodeUnderTest) -> Node:
+    """The peer as control would show it once it reported its endpoints (netcheck's discovery)."""
+    n = node.as_peer()
+    n.endpoints = [format_addr(*addr) for addr, _ in node.sock.endpoints]
+    return n
+
+
+class UdpBlock:
+    """Stops UDP between the two MagicSocks in-process (as a firewall would): sends to the other's port
+    are swallowed. DERP (TCP) is untouched."""
+
+    def __init__(self, *nodes: NodeUnderTest) -> None:
+        self.blocked = False
+        ports = {n.sock.port for n in nodes}
+        for n in nodes:
+            udp = n.sock.udp
+            assert udp is not None
+            real = udp.sendto
+
+            def sendto(data: bytes, dst: "tuple[bytes, int]", real: Any = real) -> None:
+                if self.blocked and dst[1] in ports:
+                    return
+                real(data, dst)
+
+            udp.sendto = sendto  # type: ignore[method-assign]
+
+
+async def _until_source(
+    sender: NodeUnderTest, receiver: NodeUnderTest, direct: bool, timeout_s: float = 30, start: float = 0.0
+) -> float:
+    """Sends WireGuard-shaped packets every 50 ms until one arrives over the wanted kind of path;
+    returns the seconds since `start` (default: now) that took (reported, never asserted)."""
+    start = start or time.monotonic()
+    n = 1000 + int(time.monotonic() * 1000) % 100000
+    async with asyncio.timeout(timeout_s):
+        while True:
+            n += 1
+            data = wg_transport(n)
+            sender.sock.send(receiver.key.public(), data)
+            try:
+                src = await receiver.sink.wait_for(data, 0.05)
+            except TimeoutError:
+                continue
+            # Direct: over UDP, and the sender trusts the path (a stale one also gets copies while
+            # DERP carries the traffic). DERP: over DERP.
+            if direct and derp_region(src) is None and sender.sock.cur_addr(receiver.key.public()):
+                return time.monotonic() - start
+            if not direct and derp_region(src) is not None:
+                return time.monotonic() - start
+
+
+def test_two_nodes_go_direct_fall_back_to_derp_when_udp_dies_and_go_direct_again() -> None:
+    async def body() -> None:
+        relay = await _relay(NodePrivate.generate(os.urandom))
+        alice = bob = None
+        try:
+            alice, bob = await _pair(relay)
+            # Endpoint discovery: the STUN-reflexive address (loopback here) and the interface addresses.
+            for n in (alice, bob):
+                assert n.sock.endpoints, "no endpoints discovered"
+                assert n.sock.report is not None and n.sock.report.udp
+                assert (bytes([127, 0, 0, 1]), n.sock.port) in [a for a, _ in n.sock.endpoints]
+            alice.sock.set_peers({bob.key.public(): _with_endpoints(bob)})
+            bob.sock.set_peers({alice.key.public(): _with_endpoints(alice)})
+            block = UdpBlock(alice, bob)
+
+            # The first packets go via DERP while disco pings the candidates; a pong makes the path direct.
+            t0 = time.monotonic()
+            first = wg_transport(1)
+            assert alice.sock.send(bob.key.public(), first)
+            assert await bob.sink.wait_for(first) == derp_addr(REGION)
+            t_direct = await _until_source(alice, bob, direct=True, start=t0)
+            t1 = time.monotonic()
+            bob.sock.send(alice.key.public(), wg_transport(2))
+            t_back = await _until_source(bob, alice, direct=True, start=t1)
+            print("\ntime to direct from the first packet: alice->bob %.3f s, bob->alice %.3f s" % (t_direct, t_back))
+            cur = alice.sock.cur_addr(bob.key.public())
+            assert cur, "no trusted direct path"
+            assert alice.sock.counters().get("tx_call_me_maybe", 0) + bob.sock.counters().get(
+                "rx_call_me_maybe", 0) >= 1  # fmt: skip
+            res = await alice.sock.ping(bob.key.public())
+            assert res.region_id == 0 and res.via == res.endpoint == cur, res
+
+            # UDP dies: within the trust window (6.5 s) plus a heartbeat the packets go via DERP again.
+            block.blocked = True
+            t_fallback = await _until_source(alice, bob, direct=False)
+            print("fallback to DERP after UDP was blocked: %.3f s" % t_fallback)
+            assert alice.sock.cur_addr(bob.key.public()) == ""
+            assert (await alice.sock.ping(bob.key.public())).via == "DERP(lab)"
+
+            # UDP is back: the heartbeat's discovery round finds the path again.
+            block.blocked = False
+            t_again = await _until_source(alice, bob, direct=True)
+            print("direct again after unblocking: %.3f s" % t_again)
+            assert alice.sock.cur_addr(bob.key.public())
+        finally:
+            for n in (alice, bob):
+                if n is not None:
+                    await n.sock.close()
+            await relay.close()
+
+    asyncio.run(body())
+
+
+def test_a_call_me_maybe_makes_the_other_side_ping_back() -> None:
+    """Only alice knows bob's endpoints; bob learns where to reach alice from her CallMeMaybe (via DERP)
+    and from her pings, and goes direct too."""
+
+    async def body() -> None:
+        relay = await _relay(NodePrivate.generate(os.urandom))
+        alice = bob = None
+        try:
+            alice, bob = await _pair(relay)
+            alice.sock.set_peers({bob.key.public(): _with_endpoints(bob)})
+            await _until_source(alice, bob, direct=True)
+            t_back = await _until_source(bob, alice, direct=True)
+            print("\nbob without alice's endpoints in its netmap goes direct in %.3f s" % t_back)
+            assert bob.sock.counters().get("rx_call_me_maybe", 0) >= 1
+            assert bob.sock.cur_addr(alice.key.public())
+        finally:
+            for n in (alice, bob):
+                if n is not None:
+                    await n.sock.close()
+            await relay.close()
+
+    asyncio.run(body())
+
+
+def test_call_me_maybe_over_udp_is_refused() -> None:
+    alice, bob = _garbage_pair()
+    shared = disco.beforenm(alice.disco, bob.disco.public())
+    cmm = disco.seal(shared, alice.disco.public(), os.urandom(24), disco.CallMeMaybe([(bytes([192, 0, 2, 1]), 1)]))
+    bob.sock._on_disco(cmm, None, 0, (bytes([192, 0, 2, 1]), 41641))
+    assert bob.sock.counters().get("drop_call_me_maybe_not_via_derp", 0) >= 1
+    ep = bob.sock.peer_endpoint(alice.key.public())
+    assert ep is not None and (bytes([192, 0, 2, 1]), 1) not in ep.candidates
+
+
+def test_our_nat_rebinding_is_reported_and_puts_every_direct_path_in_doubt() -> None:
+    from meshlet_agent.netcheck import Report
+
+    alice = NodeUnderTest("alice")
+    bob = NodeUnderTest("bob")
+    reported: "list[tuple[list[str], list[int]]]" = []
+    bob.sock._on_endpoints = lambda eps, types: reported.append((eps, types))
+    peer = alice.as_peer()
+    peer.endpoints = ["10.0.0.2:41641"]
+    bob.sock.set_peers({alice.key.public(): peer})
+    ep = bob.sock.peer_endpoint(alice.key.public())
+    assert ep is not None
+    plan = ep.send(0)
+    ep.pong(plan.actions[0].txid, 1)
+    assert ep.best == (bytes([10, 0, 0, 2]), 41641)
+
+    first = Report()
+    first.global_v4 = (bytes([198, 51, 100, 7]), 41641)
+    bob.sock._update_endpoints(first, None)
+    assert reported[-1][0][0] == "198.51.100.7:41641" and reported[-1][1][0] == 2  # STUN first
+    assert ep.best is not None  # the first report changes nothing for the paths
+
+    moved = Report()
+    moved.global_v4 = (bytes([198, 51, 100, 7]), 50000)
+    moved.mapping_varies_by_dest_ip = True
+    bob.sock._update_endpoints(moved, first.global_v4)
+    eps, types = reported[-1]
+    assert eps[0] == "198.51.100.7:50000" and types[0] == 2
+    assert types[1] == 4 and eps[1].startswith("198.51.100.7:")  # STUN4LocalPort: the hard NAT guess
+    assert ep.best is None  # rediscovery
+    bob.sock._update_endpoints(moved, moved.global_v4)
+    assert len(reported) == 2  # unchanged endpoints are not reported again

@@ -23,13 +23,17 @@ from cryptography.x509.oid import NameOID
 from meshlet import stun
 from meshlet.derp.region import HomeRegion
 from meshlet.wire import parse_ip
+from meshlet_agent.cli.netcheck import format_report
 from meshlet_agent.netcheck import (
     NetcheckError,
     RegionTarget,
+    Report,
     Sample,
     StunProber,
     https_latency,
+    local_addresses,
     measure,
+    report,
 )
 
 HOST = "derp.test"
@@ -296,3 +300,103 @@ def test_measure_falls_back_to_https_when_udp_is_blocked_and_picks_a_home() -> N
 
 def test_sample_repr() -> None:
     assert repr(Sample(3, 1234, "stun")) == "Sample(3, 1234 us, stun)"
+
+
+# --- the report: UDP, public address, mapping by destination (issue 7) ------------------------
+
+
+class LyingResponder(StunResponder):
+    """A STUN server behind which the client's NAT picks another port (a symmetric NAT, as seen
+    from here): it reports the source port plus `shift`."""
+
+    shift = 1000
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        req = stun.parse_binding_request(data)
+        assert self.transport is not None
+        self.transport.sendto(stun.build_binding_response(req, parse_ip(addr[0]), addr[1] + self.shift), addr)
+
+
+async def responder_at(ip: str, cls: type = StunResponder) -> StunResponder:
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_datagram_endpoint(cls, local_addr=(ip, 0))
+    return proto  # type: ignore[return-value]
+
+
+def _sample(dest: str, reflexive_port: int, region: int = 1) -> Sample:
+    return Sample(region, 1000, "stun", (bytes([198, 51, 100, 7]), reflexive_port), (dest, 3478))
+
+
+def test_report_mapping_varies_only_with_answers_from_two_server_ips() -> None:
+    same = Report.from_samples([_sample("192.0.2.1", 41641), _sample("192.0.2.2", 41641, 2)])
+    assert same.udp and same.global_v4 == (bytes([198, 51, 100, 7]), 41641)
+    assert same.mapping_varies_by_dest_ip is False
+    hard = Report.from_samples([_sample("192.0.2.1", 41641), _sample("192.0.2.2", 50000, 2)])
+    assert hard.mapping_varies_by_dest_ip is True
+    one_server = Report.from_samples([_sample("192.0.2.1", 41641), _sample("192.0.2.1", 41641)])
+    assert one_server.mapping_varies_by_dest_ip is None  # one destination shows one mapping: unknown
+    https_only = Report.from_samples([Sample(1, 5000, "https")])
+    assert not https_only.udp and https_only.global_v4 is None and https_only.latencies_us == {1: 5000}
+    doc = hard.to_json()
+    assert doc["UDP"] is True and doc["GlobalV4"] == "198.51.100.7:41641"
+    assert doc["MappingVariesByDestIP"] is True and doc["RegionLatency"] == {"1": 1_000_000, "2": 1_000_000}
+
+
+def test_report_asks_a_second_server_ip_of_the_region_for_the_mapping_test() -> None:
+    async def body() -> None:
+        first = await responder_at("127.0.0.1")
+        second = await responder_at("127.0.0.2")
+        sock = udp_socket()
+        target = RegionTarget(1, [("127.0.0.1", first.port), ("127.0.0.2", second.port)])
+        rep, latencies = await report([target], StunProber(sock))
+        assert rep.udp and rep.global_v4 == (bytes([127, 0, 0, 1]), sock.getsockname()[1])
+        assert rep.mapping_varies_by_dest_ip is False and second.arrivals  # no NAT on loopback
+        assert set(latencies) == {1}
+
+        only = await responder_at("127.0.0.1")
+        rep, _ = await report([RegionTarget(2, [("127.0.0.1", only.port)])], StunProber(udp_socket()))
+        assert rep.udp and rep.mapping_varies_by_dest_ip is None  # one STUN server: cannot tell
+
+    run(body)
+
+
+def test_report_sees_a_mapping_that_varies_by_destination() -> None:
+    async def body() -> None:
+        a = await responder_at("127.0.0.1")
+        b = await responder_at("127.0.0.2", LyingResponder)
+        targets = [RegionTarget(1, [("127.0.0.1", a.port)]), RegionTarget(2, [("127.0.0.2", b.port)])]
+        rep, _ = await report(targets, StunProber(udp_socket()))
+        assert rep.mapping_varies_by_dest_ip is True
+
+    run(body)
+
+
+def test_local_addresses_leave_out_the_tailnet_and_loopback() -> None:
+    addrs = local_addresses()
+    assert addrs, "no address at all (not even loopback)"
+    for ip in addrs:
+        assert not (len(ip) == 4 and ip[0] == 100 and 64 <= ip[1] < 128)
+        assert not (len(ip) == 16 and ip[:6] == bytes.fromhex("fd7a115ca1e0"))
+    if any(ip[0] != 127 for ip in addrs if len(ip) == 4) or any(len(ip) == 16 for ip in addrs):
+        assert all(not (len(ip) == 4 and ip[0] == 127) for ip in addrs)
+
+
+def test_the_cli_prints_the_report_like_tailscale_netcheck() -> None:
+    rep = Report.from_samples([_sample("192.0.2.1", 41641), _sample("192.0.2.2", 41641, 2)])
+    rep.preferred_derp = 1
+    rep.region_names = {1: ("fra", "Frankfurt"), 2: ("nyc", "New York"), 3: ("syd", "Sydney")}
+    text = format_report(rep.to_json(), now_unix=0)
+    assert text.splitlines() == [
+        "",
+        "Report:",
+        "\t* Time: 1970-01-01T00:00:00Z",
+        "\t* UDP: true",
+        "\t* IPv4: yes, 198.51.100.7:41641",
+        "\t* IPv6: no, not measured",
+        "\t* MappingVariesByDestIP: false",
+        "\t* Nearest DERP: Frankfurt",
+        "\t* DERP latency:",
+        "\t\t- fra: 1.0ms (Frankfurt)",
+        "\t\t- nyc: 1.0ms (New York)",
+        "\t\t- syd:  (Sydney)",
+    ]

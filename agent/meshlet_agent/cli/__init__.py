@@ -2,7 +2,7 @@
 
     meshlet daemon [--state-dir DIR] [--socket PATH] [--socket-group G] [--tun NAME] [--port N]
     meshlet up [--login-server URL] [--authkey KEY] ... | down | logout
-    meshlet status [--json] | ip [-4|-6] [NAME] | ping [-c N] NAME | whois IP
+    meshlet status [--json] | ip [-4|-6] [NAME] | ping [-c N] NAME | whois IP | netcheck [--json]
     meshlet wg up CONFIG | show [IFNAME] [--json] | genkey | genpsk | pubkey
 
 One module per command group: daemon.py, tailnet.py (the commands that talk
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from meshlet import __version__
 
 from . import daemon as daemon_cmd
+from . import netcheck as netcheck_cmd
 from . import tailnet, wg
 from .common import CliError, add_socket_flag
 from .wg import ago, format_show, human_bytes, pretty_time
@@ -34,6 +35,7 @@ examples:
   meshlet up --login-server https://control.example.com --authkey mlt-auth-…
   meshlet status
   meshlet ping pi-kitchen
+  meshlet netcheck
   meshlet ip -4
   meshlet wg up /etc/wireguard/wg0.conf     # plain WireGuard, no tailnet
 
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     daemon_cmd.add_parser(top)
     tailnet.add_parsers(top)
+    netcheck_cmd.add_parser(top)
     wg.add_parser(top)
     return parser
 
@@ -67,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return wg.run(args)
         if args.command == "daemon":
             return daemon_cmd.run(args)
+        if args.command == "netcheck":
+            return netcheck_cmd.run(args)
         return tailnet.run(args)
     except KeyboardInterrupt:
         return 130

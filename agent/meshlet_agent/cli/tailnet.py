@@ -150,6 +150,10 @@ def add_parsers(top: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     ping.add_argument("target", metavar="NAME", help="a peer's name, full MagicDNS name or tailnet IP")
     ping.add_argument("-c", "--count", type=int, default=1, metavar="N", help="pings to send (default 1)")
     ping.add_argument("--timeout", type=float, default=5.0, metavar="S", help="wait per ping (default 5 s)")
+    ping.add_argument(
+        "--until-direct", type=parse_bool, default=True, metavar="BOOL",
+        help="stop at the first pong over a direct path (default true, as tailscale ping)",
+    )  # fmt: skip
     ping.add_argument("--json", action="store_true", help="print the results as JSON")
     add_socket_flag(ping)
 
@@ -439,7 +443,9 @@ def cmd_ping(args: argparse.Namespace) -> int:
         raise CliError("-c must be at least 1")
     if args.timeout <= 0:
         raise CliError("--timeout must be more than 0 seconds")
-    req = {"request": "ping", "target": args.target, "count": args.count, "timeout_s": args.timeout}
+    req: dict[str, Any] = {"request": "ping", "target": args.target, "count": args.count, "timeout_s": args.timeout}
+    if not args.until_direct:
+        req["until_direct"] = False  # the daemon's default is true
     pongs = ask(args, req, timeout_s=args.count * args.timeout + 10.0)["pongs"]
     if args.json:
         print_json(pongs)
