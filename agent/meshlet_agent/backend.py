@@ -343,12 +343,7 @@ class Backend:
         control = self._control
         if control is None:
             return
-        home = self._home_region
-        set_endpoints: Any = control.set_endpoints
-        try:
-            set_endpoints(self._endpoints, home, endpoint_types=self._endpoint_types or None)
-        except TypeError:  # a ControlLoop that takes no EndpointTypes: all are reported as local
-            set_endpoints(self._endpoints, home)
+        control.set_endpoints(self._endpoints, self._home_region, self._endpoint_types or None)
 
     def _schedule_data_plane_restart(self) -> None:
         if self._restart_task is None or self._restart_task.done():

@@ -205,12 +205,15 @@ class ControlLoop:
         previous, client = self._task, self._dialer.restart(pin)
         self._task = asyncio.get_running_loop().create_task(self._run(previous, client))
 
-    def set_endpoints(self, endpoints: list[str], home_derp: int) -> None:
-        """New UDP endpoints and home DERP region: a lite update, coalesced with later ones.
+    def set_endpoints(
+        self, endpoints: list[str], home_derp: int, endpoint_types: list[int] | None = None
+    ) -> None:
+        """New UDP endpoints (and their EndpointTypes; None: all local) and home DERP region:
+        a lite update, coalesced with later ones.
 
         While the map stream is down they wait for the next MapRequest, which carries them.
         """
-        self._poll.set_endpoints(endpoints, home_derp)
+        self._poll.set_endpoints(endpoints, home_derp, endpoint_types)
 
     async def wait_for(self, *states: str, timeout: float | None = None) -> ControlStatus:
         """The status once its state is one of `states` (now or later).

@@ -80,6 +80,7 @@ class MapPoll:
         self._save_task: asyncio.Task[None] | None = None
         self._netmap_dirty = False
         self._endpoints: list[str] = []
+        self._endpoint_types: list[int] | None = None  # None: all local (type 1)
         self._home_derp = 0
         self._lite_pending = False
         self._last_renewal_s = float("-inf")
@@ -93,7 +94,9 @@ class MapPoll:
         if self._board.status.state != NEEDS_MACHINE_AUTH:
             self._set(CONNECTING)
         self._lite_pending = False  # this MapRequest carries the current endpoints
-        stream = await client.open_map(self._endpoints, self._hostinfo(), self._home_derp)
+        stream = await client.open_map(
+            self._endpoints, self._hostinfo(), self._home_derp, self._endpoint_types
+        )
         nm = NetMap()
         try:
             while True:
@@ -151,9 +154,13 @@ class MapPoll:
 
     # --- lite updates and the netmap cache ----------------------------------------------
 
-    def set_endpoints(self, endpoints: list[str], home_derp: int) -> None:
-        """New UDP endpoints and home DERP region: a lite update, coalesced with later ones."""
+    def set_endpoints(
+        self, endpoints: list[str], home_derp: int, endpoint_types: list[int] | None = None
+    ) -> None:
+        """New UDP endpoints (with their tailcfg.EndpointType) and home DERP region: a lite update,
+        coalesced with later ones."""
         self._endpoints = list(endpoints)
+        self._endpoint_types = list(endpoint_types) if endpoint_types else None
         self._home_derp = home_derp
         self._lite_pending = True
         self._kick_lite_update()
@@ -167,7 +174,10 @@ class MapPoll:
             self._lite_pending = False
             try:
                 await self._dialer.client.lite_update(
-                    self._endpoints, hostinfo=self._hostinfo(), home_derp=self._home_derp
+                    self._endpoints,
+                    hostinfo=self._hostinfo(),
+                    home_derp=self._home_derp,
+                    endpoint_types=self._endpoint_types,
                 )
             except ControlError as e:
                 log.info("control: lite update failed (the next map request carries it): %s", e)
