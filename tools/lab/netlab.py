@@ -32,6 +32,7 @@ tests/interop/netns.py re-exports this module for the tests.
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WG_RUN_DIR = "/var/run/wireguard"
+NETNS_ETC = "/etc/netns"  # ip netns exec bind-mounts /etc/netns/<ns>/* over /etc/*
 UNDER = "10.231.0"
 OVER = "100.64.0"
 _counter = itertools.count()
@@ -247,7 +249,17 @@ class Star:
     hub's addresses are RFC 1918, so a control URL on the hub is a "private
     host" to tsnet and it never races a TLS dial to port 443 (§1.6 again).
     Leaves reach each other through the hub (routed, no NAT), so direct UDP
-    paths between them work unless a test blocks them.
+    paths between them work unless a test blocks them: `block_leaf_udp`
+    (or `set_leaf_udp(blocked=True)` later) adds an nftables rule in the hub
+    that drops UDP *forwarded* between leaves, while everything a leaf sends
+    to the hub itself (DERP over TCP, STUN over UDP) still arrives. That is a
+    network where DERP is the only path between two nodes.
+
+    Every leaf gets its own /etc/netns/<ns>/resolv.conf (`own_resolv_conf`,
+    on by default), which `ip netns exec` bind-mounts over /etc/resolv.conf
+    for every program started in the leaf. An agent that points the
+    system resolver at MagicDNS then rewrites the leaf's file, never the
+    host's; `down()` removes the directory.
 
     Processes started with `spawn` are stopped by `down()` by their recorded
     PIDs; namespaces are deleted; nothing is killed by name.
@@ -255,8 +267,13 @@ class Star:
 
     SUBNET = "10.232"
 
-    def __init__(self, leaves: list[str], prefix: str | None = None, workdir: str | None = None) -> None:
+    def __init__(
+        self, leaves: list[str], prefix: str | None = None, workdir: str | None = None,
+        block_leaf_udp: bool = False, own_resolv_conf: bool = True,
+    ) -> None:  # fmt: skip
         self.p = prefix or "ms%x%x" % (os.getpid() % 0xFFFF, next(_counter))
+        self.block_leaf_udp = block_leaf_udp
+        self.own_resolv_conf = own_resolv_conf
         assert len(self.p) <= 10, "interface names are prefix + up to 3 chars and must stay under 16"
         self.leaves = list(leaves)
         self.ns = {"hub": self.p + "h"}
@@ -268,6 +285,7 @@ class Star:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="meshlet-star-"))
         self.procs: list[Proc] = []
         self._made: list[str] = []
+        self._etc_dirs: list[Path] = []
 
     def hub_addr(self, leaf: str) -> str:
         """The hub's address on `leaf`'s link (any of them reaches the hub from every leaf)."""
@@ -299,6 +317,63 @@ class Star:
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
             _run(["ip", "-n", ns, "link", "set", lv, "up"])
             _run(["ip", "-n", ns, "route", "add", "default", "via", "%s.%d.1" % (self.SUBNET, i + 1)])
+            if self.own_resolv_conf:
+                etc = Path(NETNS_ETC) / ns
+                etc.mkdir(parents=True, exist_ok=True)
+                self._etc_dirs.append(etc)
+                (etc / "resolv.conf").write_text(self.lab_resolv_conf(name))
+        if self.block_leaf_udp:
+            self.set_leaf_udp(blocked=True)
+
+    def lab_resolv_conf(self, leaf: str) -> str:
+        """The resolv.conf a leaf starts with: no DNS server at all, and lookups fail at once.
+
+        Nothing listens on the leaf's 127.0.0.1:53, so a query is refused by
+        an ICMP port unreachable; on loopback the kernel never rate-limits
+        those, whereas a silent or rate-limited server (the hub) would stall
+        every lookup for glibc's 5 s timeout until an agent takes over.
+        """
+        return (
+            "# meshlet lab %s: this namespace's own resolv.conf (ip netns exec bind-mounts it)\n"
+            "nameserver 127.0.0.1\n" % self.ns[leaf]
+        )
+
+    def resolv_conf_path(self, leaf: str) -> Path:
+        """/etc/netns/<ns>/resolv.conf: what programs in `leaf` see as /etc/resolv.conf."""
+        return Path(NETNS_ETC) / self.ns[leaf] / "resolv.conf"
+
+    def set_leaf_udp(self, blocked: bool) -> None:
+        """Drops (or lets through again) UDP forwarded between leaves; leaf <-> hub is untouched.
+
+        One nftables table in the hub namespace, gone with the namespace.
+        """
+        hub = self.ns["hub"]
+        table = "meshlet_lab"
+        subprocess.run(["ip", "netns", "exec", hub, "nft", "delete", "table", "inet", table],
+                       capture_output=True)  # fmt: skip
+        if blocked:
+            rules = (
+                "table inet %s {\n"
+                "  chain forward {\n"
+                "    type filter hook forward priority 0; policy accept;\n"
+                "    meta l4proto udp counter drop\n"
+                "  }\n"
+                "}\n" % table
+            )
+            res = subprocess.run(["ip", "netns", "exec", hub, "nft", "-f", "-"], input=rules,
+                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+            if res.returncode != 0:
+                raise RuntimeError(
+                    "nft in %s failed: %s (apt-get install nftables)" % (hub, res.stderr.strip())
+                )
+        self.block_leaf_udp = blocked
+
+    def dropped_udp(self) -> int:
+        """Packets the leaf-to-leaf UDP rule dropped so far (0 when not blocking)."""
+        res = subprocess.run(["ip", "netns", "exec", self.ns["hub"], "nft", "list", "table", "inet",
+                              "meshlet_lab"], capture_output=True, text=True)  # fmt: skip
+        found = re.search(r"counter packets (\d+)", res.stdout)
+        return int(found.group(1)) if found else 0
 
     def down(self) -> None:
         for proc in reversed(self.procs):
@@ -306,6 +381,9 @@ class Star:
         for ns in reversed(self._made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self._made = []
+        for etc in self._etc_dirs:
+            shutil.rmtree(etc, ignore_errors=True)
+        self._etc_dirs = []
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

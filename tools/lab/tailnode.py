@@ -29,7 +29,11 @@ endpoints only from a later PeersChangedPatch (Endpoints, DERPRegion), and
 in about one run in six (8 of 48 here) tsnet v1.90.9 then never started disco (nothing
 under TS_DEBUG_DISCO=1, still relayed after 40 s); a node that joins after
 its peer reported endpoints gets them in its first map and goes direct at
-once (tools/demo/tailnet.py starts its nodes that way).
+once (start a pair that must go direct that way).
+
+`Relay` runs a standalone `meshlet-derp` in the hub, for a tailnet whose
+relay must restart apart from the control server (its `control_args()`
+point the server's DERP map at it instead of the embedded relay).
 
 `Control` runs `meshlet-control serve` (control server, embedded TLS DERP
 relay with a self-signed certificate marked InsecureForTests, STUN) in the
@@ -199,12 +203,17 @@ class Control:
         self.url = "http://%s:%d" % (self.host, port)
         self.serve_args = serve_args
         self.proc: Proc | None = None
+        self.runs = 0
 
     def start(self, timeout_s: float = 20.0, die_with_parent: bool = False) -> Proc:
-        """Starts the server and waits until it listens; RuntimeError with its log if it does not."""
+        """Starts (or restarts) the server and waits until it listens; RuntimeError with its log if not.
+
+        Each run logs to its own file: control.log, then control-2.log, …
+        """
+        self.runs += 1
         self.proc = proc = self.star.spawn(
             "hub",
-            "control",
+            "control" if self.runs == 1 else "control-%d" % self.runs,
             [sys.executable, "-m", "meshlet_control", "serve",
              "--listen", "%s:%d" % (self.host, self.port), "--state-dir", self.state_dir,
              *self.serve_args, "--verbose"],
@@ -223,6 +232,16 @@ class Control:
                 "meshlet-control serve exited (%s); its log:\n%s" % (proc.popen.returncode, tail(proc.log()))
             )
         return proc
+
+    def stop(self) -> None:
+        """Stops the server by its PID (SIGTERM); the nodes keep their last netmap."""
+        if self.proc is not None:
+            self.proc.stop()
+
+    def keys_create(self, *args: str) -> dict[str, Any]:
+        """`meshlet-control keys create ARGS --json`: {"key": …, "enroll_uri": …, …}."""
+        out: dict[str, Any] = self.admin("keys", "create", *args, "--json")
+        return out
 
     def admin(self, *args: str) -> Any:
         """Runs `meshlet-control ARGS --state-dir DIR`; parsed JSON with --json, else the text."""
@@ -263,6 +282,77 @@ class Control:
             )  # fmt: skip
             raise TimeoutError("not online after %.0f s: %s" % (timeout_s, state)) from None
         return nodes
+
+
+class Relay:
+    """A standalone `meshlet-derp` in `star`'s hub (TLS with a self-signed certificate, and STUN).
+
+    For a tailnet whose DERP relay must stop and start on its own, apart from
+    the control server: run the server with `control_args()` (`--derp none
+    --derp-map-file FILE`), whose map has this one region, marked
+    InsecureForTests (the certificate is self-signed, as the embedded
+    relay's is). The relay keeps its key in its state directory, so a
+    restarted relay is the same relay to the nodes.
+    """
+
+    def __init__(self, star: Star, region_id: int = 901, port: int = 3340, stun_port: int = 3478) -> None:
+        self.star = star
+        self.region_id = region_id
+        self.host = star.hub_addr(star.leaves[0])
+        self.port = port
+        self.stun_port = stun_port
+        self.state_dir = star.dir / "derp"
+        self.map_file = star.dir / "derpmap.json"
+        self.proc: Proc | None = None
+        self.runs = 0
+
+    def derp_map(self) -> dict[str, Any]:
+        node = {
+            "Name": "%da" % self.region_id, "RegionID": self.region_id, "HostName": self.host,
+            "IPv4": self.host, "IPv6": "none", "DERPPort": self.port, "STUNPort": self.stun_port,
+            "InsecureForTests": True,
+        }  # fmt: skip
+        region = {"RegionID": self.region_id, "RegionCode": "lab", "RegionName": "lab relay", "Nodes": [node]}
+        return {"Regions": {str(self.region_id): region}, "omitDefaultRegions": True}
+
+    def control_args(self) -> tuple[str, ...]:
+        """`meshlet-control serve` flags for a DERP map holding only this relay (writes the map file)."""
+        self.map_file.write_text(json.dumps(self.derp_map(), indent=2))
+        return ("--derp", "none", "--derp-map-file", str(self.map_file))
+
+    def start(self, timeout_s: float = 20.0, die_with_parent: bool = False) -> Proc:
+        """Starts (or restarts) the relay and waits until it serves; RuntimeError with its log if not."""
+        from meshlet_control.config import EmbeddedDerp
+        from meshlet_control.derp import ensure_self_signed
+
+        self.state_dir.mkdir(mode=0o700, exist_ok=True)
+        cert, key = str(self.state_dir / "relay.crt"), str(self.state_dir / "relay.key")
+        ensure_self_signed(
+            EmbeddedDerp(self.host, self.port, self.stun_port, self.host, False, cert, key, True),
+            str(self.state_dir),
+        )
+        self.runs += 1
+        self.proc = proc = self.star.spawn(
+            "hub",
+            "derp" if self.runs == 1 else "derp-%d" % self.runs,
+            [sys.executable, "-m", "meshlet_derp", "-a", "%s:%d" % (self.host, self.port),
+             "--certfile", cert, "--keyfile", key, "--stun-port", str(self.stun_port),
+             "--metrics-addr", "", "--state-dir", str(self.state_dir), "--verbose"],
+            die_with_parent=die_with_parent,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: "derp: serving" in proc.log() or not proc.alive(), timeout_s, "meshlet-derp")
+        except TimeoutError as e:
+            raise RuntimeError("%s; its log:\n%s" % (e, tail(proc.log()))) from None
+        if not proc.alive():
+            raise RuntimeError(
+                "meshlet-derp exited (%s); its log:\n%s" % (proc.popen.returncode, tail(proc.log()))
+            )
+        return proc
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
 
 
 def tail(text: str, lines: int = 25) -> str:
