@@ -38,6 +38,7 @@ URL's.
 """
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -66,6 +67,15 @@ CONNECT_TIMEOUT_S = 10.0
 """TCP + TLS; the core's login deadline (10 s from the dial's start) covers the rest, as in derphttp."""
 WRITE_BUFFER_LIMIT = 1 << 20
 """Bytes waiting in the transport above which `send()` drops: about 700 full-size WireGuard packets."""
+PENDING_PACKETS = 32
+"""Packets held while the connection is being (re)made, sent once it is up; more drop the oldest.
+
+The first WireGuard handshake of a new node is usually sent before its DERP
+connection is up; dropping it would cost WireGuard's 5 s retry (Tailscale's
+per-region write channel holds 32 the same way)."""
+PENDING_MAX_AGE_S = 5.0
+"""Held packets older than this when the connection comes up are dropped ("pending_expired"):
+by then WireGuard has retried on its own."""
 RECV_QUEUE_PACKETS = 1024
 """Received packets held for `recv()` when there is no on_packet callback; more are dropped."""
 RESET_BACKOFF_AFTER_S = MAX_BACKOFF_MS / 1000
@@ -198,7 +208,8 @@ class DerpClient:
         client_kwargs: more ClientConn arguments (read_timeout_ms, ...).
 
     Attributes:
-        drops: shell-level drops by reason: "not_connected",
+        drops: shell-level drops by reason: "not_connected" (after close),
+            "pending_overflow", "pending_expired" (held while connecting),
             "write_buffer_full", "recv_queue_full" (and "on_packet_failed",
             "on_event_failed" when a callback raised).
         connects: how many connections reached Connected.
@@ -249,6 +260,7 @@ class DerpClient:
         self._task: asyncio.Task[None] | None = None
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self._failure_logged = False
+        self._pending: collections.deque[tuple[NodePublic, bytes, float]] = collections.deque()
 
     # --- life cycle ------------------------------------------------------------
 
@@ -280,6 +292,7 @@ class DerpClient:
     async def close(self) -> None:
         """Stops reconnecting, closes the connection and ends `recv()`; waits for `run()` to return."""
         self._closing = True
+        self._pending.clear()
         if self._session is not None:
             self._session.end("closed")
         task, self._task = self._task, None
@@ -317,13 +330,25 @@ class DerpClient:
     def send(self, dst: NodePublic, data: bytes) -> bool:
         """Sends `data` to the node `dst` through the server; False if it was dropped.
 
+        While a connection is being made, up to PENDING_PACKETS wait for it.
+
         Raises:
             LocalProtocolError("packet_too_large"): over 64 KiB.
         """
         session = self._session
-        if session is None or session.transport is None or session.done.done():
-            self._drop("not_connected")
-            return False
+        if session is None or session.transport is None or session.done.done() or not session.connected_at:
+            if self._closing:
+                self._drop("not_connected")
+                return False
+            if len(self._pending) >= PENDING_PACKETS:
+                self._pending.popleft()
+                self._drop("pending_overflow")
+            self._pending.append((dst, data, time.monotonic()))
+            return True
+        return self._send_now(session, dst, data)
+
+    def _send_now(self, session: _Session, dst: NodePublic, data: bytes) -> bool:
+        assert session.transport is not None
         if session.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             self._drop("write_buffer_full")
             return False
@@ -469,6 +494,7 @@ class DerpClient:
             self._failure_logged = False
             limit = "" if ev.token_bucket is None else ", rate limit %d B/s" % ev.token_bucket[0]
             log.info("derp: connected to %s (server key %s%s)", self.url, ev.server_key.short(), limit)
+            self._send_pending(session)
         elif isinstance(ev, PongReceived):
             fut = self._pings.get(ev.data)
             if fut is not None and not fut.done():
@@ -509,6 +535,15 @@ class DerpClient:
         else:
             log.debug("derp: still cannot connect to %s: %s; next try in %d ms", self.url, text, delay)
         return delay
+
+    def _send_pending(self, session: _Session) -> None:
+        oldest = time.monotonic() - PENDING_MAX_AGE_S
+        while self._pending:
+            dst, data, at = self._pending.popleft()
+            if at < oldest:
+                self._drop("pending_expired")
+            else:
+                self._send_now(session, dst, data)
 
     def _fail_pings(self) -> None:
         for fut in self._pings.values():

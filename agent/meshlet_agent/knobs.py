@@ -16,6 +16,20 @@ useful becomes a config setting or a flag.
 import os
 
 
+class KnobError(ValueError):
+    """A knob holds something unusable; the message names the variable and the allowed values."""
+
+
+def check_all() -> None:
+    """Reads every numeric knob once, so a bad value stops `meshlet` at start, not mid-run.
+
+    Raises:
+        KnobError: the first bad knob.
+    """
+    wg_gso()
+    wg_batch()
+
+
 def _int(name: str, default: int, lo: int, hi: int) -> int:
     text = os.environ.get(name, "")
     if not text:
@@ -23,11 +37,11 @@ def _int(name: str, default: int, lo: int, hi: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise SystemExit(
-            "meshlet: %s=%r is not a whole number; unset it or set %d..%d" % (name, text, lo, hi)
+        raise KnobError(
+            "%s=%r is not a whole number; unset it or set %d..%d" % (name, text, lo, hi)
         ) from None
     if not lo <= value <= hi:
-        raise SystemExit("meshlet: %s=%d is out of range; set %d..%d" % (name, value, lo, hi))
+        raise KnobError("%s=%d is out of range; unset it or set %d..%d" % (name, value, lo, hi))
     return value
 
 

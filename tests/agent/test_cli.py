@@ -220,3 +220,13 @@ def test_python_dash_m(tmp_path: Path) -> None:
         [sys.executable, "-m", "meshlet_agent", "wg", "genkey"], capture_output=True, text=True, timeout=30
     )
     assert res.returncode == 0 and len(res.stdout.strip()) == 44
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "99999"])
+def test_a_bad_knob_is_one_line_naming_the_variable(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MESHLET_WG_BATCH", value)
+    assert cli.main(["wg", "genkey"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("meshlet: MESHLET_WG_BATCH=") and "set 1..4096" in err and err.count("\n") == 1

@@ -28,7 +28,13 @@ from cryptography.x509.oid import NameOID
 from meshlet.derp import frames, login
 from meshlet.derp.events import Connected, PeerGone
 from meshlet.key import NodePrivate, NodePublic
-from meshlet_agent.derpclient import DerpClient, DerpClientClosed, describe_error, parse_derp_url
+from meshlet_agent.derpclient import (
+    PENDING_PACKETS,
+    DerpClient,
+    DerpClientClosed,
+    describe_error,
+    parse_derp_url,
+)
 
 HOST = "derp.test"  # the name in the test certificate; always dialled at 127.0.0.1
 
@@ -231,6 +237,35 @@ def test_login_and_packets_between_two_clients() -> None:
             await a.recv()
         assert not a.send(b.public_key, b"after close")
         assert a.drops == {"not_connected": 1}
+        await server.close()
+
+    run(main)
+
+
+def test_packets_sent_while_dialling_wait_for_the_connection() -> None:
+    """A new node's first WireGuard handshake goes out before its DERP connection is up:
+    held, not dropped (else WireGuard's 5 s retry delays the first connection)."""
+
+    async def main() -> None:
+        server = MiniDerp()
+        await server.start()
+        got_b: list[bytes] = []
+        b = client(server, on_packet=lambda src, data: got_b.append(data))
+        b.start()
+        await b.wait_connected()
+        a = client(server)
+        assert a.send(b.public_key, b"before start")
+        a.start()
+        assert a.send(b.public_key, b"while dialling")
+        for i in range(PENDING_PACKETS):
+            a.send(b.public_key, b"%d" % i)
+        await a.wait_connected()
+        await eventually(lambda: len(got_b) == PENDING_PACKETS)
+        assert got_b == [b"%d" % i for i in range(PENDING_PACKETS)]  # the two oldest made room
+        assert a.drops == {"pending_overflow": 2}
+        await a.close()
+        assert not a.send(b.public_key, b"after close")
+        await b.close()
         await server.close()
 
     run(main)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from meshlet import __version__
 
+from .. import knobs
 from . import daemon as daemon_cmd
 from . import netcheck as netcheck_cmd
 from . import tailnet, wg
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        knobs.check_all()
         if args.command == "wg":
             return wg.run(args)
         if args.command == "daemon":
@@ -88,6 +90,7 @@ def _reportable(e: Exception) -> bool:
     from meshlet_host.statefile import StateFileError
 
     from ..daemon import DaemonError
+    from ..knobs import KnobError
     from ..localapi import LocalApiError
     from ..tun import TunError
     from ..udp import UdpError
@@ -95,5 +98,16 @@ def _reportable(e: Exception) -> bool:
     from ..wgup import WgUpError
 
     return isinstance(
-        e, (CliError, ConfigError, TunError, UdpError, LocalApiError, WgUpError, DaemonError, StateFileError)
+        e,
+        (
+            CliError,
+            ConfigError,
+            TunError,
+            UdpError,
+            LocalApiError,
+            WgUpError,
+            DaemonError,
+            StateFileError,
+            KnobError,
+        ),
     )
