@@ -137,12 +137,16 @@ class Board:
 
 
 def boards_dir() -> str:
-    """$MESHLET_BOARDS_DIR, else the checkout's boards/ (beside provisioning/)."""
+    """$MESHLET_BOARDS_DIR, else the checkout's boards/ (beside provisioning/), else the copy
+    the wheel carries inside this package (pyproject's force-include)."""
     env = os.environ.get("MESHLET_BOARDS_DIR")
     if env:
         return env
     here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.normpath(os.path.join(here, "..", "..", "boards"))
+    checkout = os.path.normpath(os.path.join(here, "..", "..", "boards"))
+    if os.path.isdir(checkout):
+        return checkout
+    return os.path.join(here, "boards")
 
 
 def board_ids(directory: str | None = None) -> list[str]:
