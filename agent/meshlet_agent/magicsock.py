@@ -70,7 +70,7 @@ from meshlet.wire import format_addr, parse_addr
 
 from . import netcheck
 from .netcheck import Report as NetcheckReport
-from .derpclient import DerpClient
+from .derpclient import DerpClient, DerpClientClosed
 from .udp import Udp, UdpError
 from .wgengine import Sink, Transmit
 
@@ -91,6 +91,8 @@ SESSION_ACTIVE_S = 45.0
 """Tailscale's sessionActiveTimeout: the periodic re-STUN runs while traffic flowed this recently."""
 IDLE_NETCHECK_S = 300.0
 """Idle, a full report every 5 min still keeps the home region current."""
+DERP_CHECK_TIMEOUT_S = 3.0
+"""After our NAT rebound, a DERP connection that does not answer a ping this fast is redialled."""
 ENDPOINT_LOCAL = 1
 ENDPOINT_STUN = 2
 ENDPOINT_STUN4_LOCAL_PORT = 4
@@ -525,6 +527,25 @@ class MagicSock:
         if isinstance(ev, Connected) and r is not None and r.client.connects > 1:
             self._netcheck_now.set()  # a reconnect: our network may have changed, re-STUN
 
+    def _check_derp_connections(self) -> None:
+        """Our NAT rebound (a router reboot, a flushed mapping table): its TCP mappings are likely gone
+        too, and a DERP connection that died that way is otherwise noticed only after 120 s without a
+        frame, while peers keep relaying to it. Ping every region and redial those that stay silent."""
+        if self._loop is None:
+            return
+        for region_id, r in list(self._clients.items()):
+            task = self._loop.create_task(self._check_derp(region_id, r.client))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _check_derp(self, region_id: int, client: DerpClient) -> None:
+        try:
+            await client.ping(DERP_CHECK_TIMEOUT_S)
+        except TimeoutError:
+            log.info("magicsock: DERP region %d silent after our NAT rebound; redialling", region_id)
+            client.reconnect()
+        except DerpClientClosed:
+            pass  # not connected: it is dialling anyway
+
     def _close_region(self, region_id: int, why: str) -> None:
         r = self._clients.pop(region_id, None)
         if r is None or self._loop is None:
@@ -631,6 +652,11 @@ class MagicSock:
                     self._count("tx_disco_pongs")
             elif self._udp_send(packet, src):
                 self._count("tx_disco_pongs")
+            if derp_src is None:
+                back = info.endpoint.ping_back(src, now)  # the peer's NAT is open to us now
+                if back:
+                    self._count("tx_disco_ping_backs")
+                    self._do_actions(info, back, now)
         elif isinstance(msg, disco.Pong):
             self._on_pong(info, msg, derp_src is not None, region_id, src, now)
         elif isinstance(msg, disco.CallMeMaybe):
@@ -904,6 +930,7 @@ class MagicSock:
                 info.endpoint.network_changed()
                 if info.endpoint.next_heartbeat_ms is not None:
                     self._cmm_waiting.add(info.key)  # active peers: tell them at once
+            self._check_derp_connections()
         waiting, self._cmm_waiting = self._cmm_waiting, set()
         for key in waiting:
             peer = self._peers.get(key)

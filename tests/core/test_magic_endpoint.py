@@ -14,6 +14,7 @@ from meshlet.magic.endpoint import (
     FROM_PING,
     HEARTBEAT_INTERVAL_MS,
     MAX_PING_LEARNED,
+    PING_BACK_INTERVAL_MS,
     PING_TIMEOUT_MS,
     SESSION_ACTIVE_TIMEOUT_MS,
     TRUST_UDP_ADDR_MS,
@@ -253,6 +254,27 @@ def test_a_udp_ping_from_an_unknown_address_adds_a_candidate_for_45_s():
     assert src in [a.addr for a in pings(ep.send(30).actions)]
     ep.send(20 + SESSION_ACTIVE_TIMEOUT_MS + DISCO_PING_INTERVAL_MS)
     assert src not in ep.candidates
+
+
+def test_a_ping_from_the_peers_public_address_is_pinged_back_until_a_path_is_trusted():
+    # Our first ping to 203.0.113.7:41641 went out with the CallMeMaybe and the peer's NAT dropped
+    # it (no mapping towards us yet). The peer answers the CallMeMaybe with a ping from that
+    # address: its NAT is open to us now, so a ping back gets through at once, not 5 s later.
+    clock = FakeClock(1000)
+    ep = kitchen()
+    ep.send(clock.now_ms)
+    clock.advance(20)
+    assert ep.ping_received(PUBLIC, b"T" * 12, clock.now_ms)
+    back = ep.ping_back(PUBLIC, clock.now_ms)
+    assert [a.addr for a in back] == [PUBLIC] and not cmm(back)
+    clock.advance(PING_BACK_INTERVAL_MS - 1)
+    assert ep.ping_received(PUBLIC, b"U" * 12, clock.now_ms)
+    assert ep.ping_back(PUBLIC, clock.now_ms) == []  # at most once a second per address
+    result = ep.pong(back[0].txid, clock.now_ms)
+    assert result.addr == PUBLIC and result.is_best
+    clock.advance(1)
+    assert ep.ping_received(PUBLIC, b"V" * 12, clock.now_ms)
+    assert ep.ping_back(PUBLIC, clock.now_ms) == []  # a trusted path needs no ping back
 
 
 def test_ping_learned_candidates_are_capped():

@@ -71,7 +71,8 @@ def test_any_event_sequence_keeps_the_promises(seq: "list[tuple[Any, ...]]", net
         elif kind == "cmm":
             actions = ep.call_me_maybe(ev[2], now)
         elif kind == "ping_from":
-            ep.ping_received(ev[2], ev[3], now)
+            if ep.ping_received(ev[2], ev[3], now):
+                actions = ep.ping_back(ev[2], now)
         elif kind == "netmap":
             ep.set_netmap_endpoints(ev[2])
         elif kind == "send_error":
