@@ -30,6 +30,7 @@ import hmac
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import CryptoError, LocalProtocolError
 from ._sodium import box_beforenm, secretbox_open, secretbox_seal, xaead_open, xaead_seal
@@ -65,6 +66,26 @@ def _b(data: _In) -> bytes:
     return data if type(data) is bytes else bytes(data)
 
 
+def _takes_buffers() -> bool:
+    """Whether this `cryptography` seals bytearray/memoryview without a copy (42 and newer).
+
+    Debian bookworm ships 38, which wants `bytes`; the armhf images use it.
+    Probed once here rather than per packet.
+    """
+    try:
+        ChaCha20Poly1305(bytes(_KEY_LEN)).encrypt(bytes(_AEAD_NONCE_LEN), memoryview(b"x"), None)
+    except TypeError:
+        return False
+    return True
+
+
+_TAKES_BUFFERS = _takes_buffers()
+
+
+def _data(data: _In) -> _In:
+    return data if _TAKES_BUFFERS else _b(data)
+
+
 def _check(key: _In, nonce: _In, nonce_len: int) -> None:
     """Wrong key or nonce sizes are the caller's bug, reported before any work."""
     if len(key) != _KEY_LEN or len(nonce) != nonce_len:
@@ -91,13 +112,14 @@ def x25519_base(private: _In) -> bytes:
     """The public key of a private key: X25519(private, 9)."""
     if len(private) != _KEY_LEN:
         raise LocalProtocolError("bad_length", "private key %d" % len(private))
-    return X25519PrivateKey.from_private_bytes(_b(private)).public_key().public_bytes_raw()
+    public = X25519PrivateKey.from_private_bytes(_b(private)).public_key()
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def aead_seal(key: _In, nonce12: _In, plaintext: _In, ad: _In) -> bytes:
     """ChaCha20-Poly1305 (RFC 8439 §2.8); returns ciphertext || tag."""
     _check(key, nonce12, _AEAD_NONCE_LEN)
-    return ChaCha20Poly1305(key).encrypt(nonce12, plaintext, ad)
+    return ChaCha20Poly1305(_b(key)).encrypt(_b(nonce12), _data(plaintext), _data(ad))
 
 
 def aead_open(key: _In, nonce12: _In, ciphertext_and_tag: _In, ad: _In) -> bytes:
@@ -105,7 +127,7 @@ def aead_open(key: _In, nonce12: _In, ciphertext_and_tag: _In, ad: _In) -> bytes
     including input too short to hold a tag (OpenSSL reports that as InvalidTag)."""
     _check(key, nonce12, _AEAD_NONCE_LEN)
     try:
-        return ChaCha20Poly1305(key).decrypt(nonce12, ciphertext_and_tag, ad)
+        return ChaCha20Poly1305(_b(key)).decrypt(_b(nonce12), _data(ciphertext_and_tag), _data(ad))
     except InvalidTag:
         raise CryptoError("bad_tag")
 
@@ -126,12 +148,16 @@ class AeadCipher:
 
     def seal(self, nonce12: _In, plaintext: _In, ad: _In) -> bytes:
         try:
+            if not _TAKES_BUFFERS:
+                nonce12, plaintext, ad = _b(nonce12), _b(plaintext), _b(ad)
             return self._aead.encrypt(nonce12, plaintext, ad)
         except ValueError:
             raise LocalProtocolError("bad_length", "AEAD nonce of %d bytes" % len(nonce12))
 
     def open(self, nonce12: _In, ciphertext_and_tag: _In, ad: _In) -> bytes:
         try:
+            if not _TAKES_BUFFERS:
+                nonce12, ciphertext_and_tag, ad = _b(nonce12), _b(ciphertext_and_tag), _b(ad)
             return self._aead.decrypt(nonce12, ciphertext_and_tag, ad)
         except InvalidTag:
             raise CryptoError("bad_tag")

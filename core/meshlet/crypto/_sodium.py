@@ -18,7 +18,7 @@ Where each primitive comes from:
 Layouts (libsodium's):
 
     aead_seal / xaead_seal -> ciphertext || 16b tag
-    secretbox_seal         -> 16b tag || ciphertext     (crypto_secretbox_easy)
+    secretbox_seal         -> 16b tag || ciphertext     (as crypto_secretbox_easy)
 
 PyNaCl insists on `bytes`, so bytearray and memoryview inputs are copied
 first. Lengths are checked here, before the call, so a caller's mistake is a
@@ -166,9 +166,14 @@ def box_beforenm(their_public: _In, my_private: _In) -> bytes:
 
 
 def secretbox_seal(key: _In, nonce24: _In, plaintext: _In) -> bytes:
-    """XSalsa20-Poly1305 (`crypto_secretbox_easy`); returns tag || ciphertext."""
+    """XSalsa20-Poly1305 (`crypto_secretbox`); returns tag || ciphertext.
+
+    The classic binding (PyNaCl strips the zero padding, so its output is the
+    same as `crypto_secretbox_easy`'s) exists in every PyNaCl, including
+    Debian bookworm's 1.5, which the armhf images use; `_easy` arrived in 1.6.
+    """
     _check(key, nonce24, _XNONCE_LEN)
-    return _nacl.crypto_secretbox_easy(_b(plaintext), _b(nonce24), _b(key))
+    return _nacl.crypto_secretbox(_b(plaintext), _b(nonce24), _b(key))
 
 
 def secretbox_open(key: _In, nonce24: _In, tag_and_ct: _In) -> bytes:
@@ -177,6 +182,6 @@ def secretbox_open(key: _In, nonce24: _In, tag_and_ct: _In) -> bytes:
     if len(tag_and_ct) < _TAG_LEN:
         raise CryptoError("bad_tag", "short")
     try:
-        return _nacl.crypto_secretbox_open_easy(_b(tag_and_ct), _b(nonce24), _b(key))
+        return _nacl.crypto_secretbox_open(_b(tag_and_ct), _b(nonce24), _b(key))
     except _nacl_exc.CryptoError:
         raise CryptoError("bad_tag")
