@@ -8,7 +8,6 @@ is a new ControlLoop on the same directory.
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,9 +20,9 @@ from meshlet.key import DiscoPrivate, MachinePrivate, NodePublic
 from meshlet_agent import controlloop
 from meshlet_agent.controlloop import ControlLoop, ControlStatus, LoginParams
 from meshlet_agent.statestore import NETMAP_FILE, StateStore
-from meshlet_control import app
 from meshlet_control.config import ServeConfig
 from meshlet_control.state import Node, State
+from meshlet_testing.control import InProcessControl
 
 _DERP_MAP = {
     "Regions": {
@@ -78,30 +77,10 @@ class _Agent:
         return await asyncio.wait_for(wait(), _WAIT_S)
 
 
-class _Net:
+class _Net(InProcessControl):
     def __init__(self, tmp: Path, state: State, key: MachinePrivate, cfg: ServeConfig) -> None:
-        self.tmp = tmp
-        self.state = state
-        self.key = key
-        self.cfg = cfg
-        self.server: app.ControlServer | None = None
+        super().__init__(tmp, state, key, cfg)
         self.agents: list[_Agent] = []
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return "http://127.0.0.1:%d" % self.server.port
-
-    async def start_server(self) -> None:
-        self.server = await app.start(self.state, self.key, self.cfg, offline_grace_s=0, housekeeping=True)
-        self.cfg = dataclasses.replace(self.cfg, listen_port=self.server.port)  # a restart reuses the port
-
-    async def stop_server(self) -> None:
-        assert self.server is not None
-        await self.server.close()
-
-    def auth_key(self, **kw: Any) -> str:
-        return self.state.create_preauth_key(self.state.default_user(), **kw).key
 
     def agent(self, name: str, **kw: Any) -> _Agent:
         a = _Agent(self.tmp / name, name, **kw)
@@ -117,18 +96,14 @@ class _Net:
 
 @contextlib.asynccontextmanager
 async def _tailnet(tmp: Path, **state_kw: Any) -> AsyncIterator[_Net]:
-    state = State(str(tmp / "control.db"), server_url="http://control.test", **state_kw)
-    cfg = ServeConfig(listen_host="127.0.0.1", listen_port=0, derp_map=_DERP_MAP, dns=["1.1.1.1"])
-    net = _Net(tmp, state, MachinePrivate.generate(os.urandom), cfg)
+    net = _Net.create(tmp, _DERP_MAP, ["1.1.1.1"], **state_kw)
     await net.start_server()
     try:
         yield net
     finally:
         for a in net.agents:
             await a.loop.close()
-        if net.server is not None:
-            await net.server.close()
-        state.close()
+        await net.close()
 
 
 def _run(tmp: Path, body: Callable[[_Net], Awaitable[None]], **state_kw: Any) -> None:

@@ -32,9 +32,9 @@ from meshlet_agent.parts import Parts
 from meshlet_agent.uprequest import UpRequest
 from meshlet_agent.dns import OsDns
 from meshlet_agent.statestore import StateStore
-from meshlet_control import app
 from meshlet_control.config import ServeConfig
 from meshlet_control.state import State
+from meshlet_testing.control import InProcessControl
 
 _DERP_MAP = {
     "Regions": {
@@ -166,31 +166,10 @@ class Node:
         return await self.until(lambda st: st["BackendState"] == state)
 
 
-class Net:
+class Net(InProcessControl):
     def __init__(self, tmp: Path, state: State, key: MachinePrivate, cfg: ServeConfig) -> None:
-        self.tmp = tmp
-        self.state = state
-        self.key = key
-        self.cfg = cfg
-        self.server: app.ControlServer | None = None
+        super().__init__(tmp, state, key, cfg)
         self.nodes: list[Node] = []
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return "http://127.0.0.1:%d" % self.server.port
-
-    async def start_server(self) -> None:
-        self.server = await app.start(self.state, self.key, self.cfg, offline_grace_s=0, housekeeping=True)
-        self.cfg.listen_port = self.server.port  # a restart reuses the port
-
-    async def stop_server(self) -> None:
-        assert self.server is not None
-        await self.server.close()
-        self.server = None
-
-    def auth_key(self, **kw: Any) -> str:
-        return self.state.create_preauth_key(self.state.default_user(), **kw).key
 
     def node(self, name: str) -> Node:
         n = Node(self.tmp / name)
@@ -208,18 +187,14 @@ class Net:
 
 @contextlib.asynccontextmanager
 async def tailnet(tmp: Path) -> AsyncIterator[Net]:
-    state = State(str(tmp / "control.db"), server_url="http://control.test")
-    cfg = ServeConfig(listen_host="127.0.0.1", listen_port=0, derp_map=_DERP_MAP, dns=["192.0.2.1"])
-    net = Net(tmp, state, MachinePrivate.generate(os.urandom), cfg)
+    net = Net.create(tmp, _DERP_MAP, ["192.0.2.1"])
     await net.start_server()
     try:
         yield net
     finally:
         for n in net.nodes:
             await n.backend.close()
-        if net.server is not None:
-            await net.server.close()
-        state.close()
+        await net.close()
 
 
 def run(tmp: Path, body: Callable[[Net], Awaitable[None]]) -> None:

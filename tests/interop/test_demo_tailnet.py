@@ -14,7 +14,6 @@ namespaces; skips with the reason otherwise. About 10 s.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -27,10 +26,7 @@ import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns, pytest.mark.slow]
 
-_spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__file__).with_name("netns.py"))
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 
 DEMO = Path(__file__).resolve().parents[2] / "tools" / "demo" / "tailnet.py"
 TIMEOUT_S = 300  # the demo bounds every step itself; this only guards against a hang
@@ -55,11 +51,10 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_builds_a_tailnet_pings_and_fetches_by_name_and_leaves_nothing_behind() -> None:
-    reason = netns.netns_missing() or (
-        None if os.path.exists("/dev/net/tun") else "/dev/net/tun is missing: modprobe tun"
+    skip_unless(
+        netns.netns_missing(),
+        None if os.path.exists("/dev/net/tun") else "/dev/net/tun is missing: modprobe tun",
     )
-    if reason:
-        pytest.skip(reason)
     host_resolv = Path("/etc/resolv.conf").read_bytes()
     done = run_demo("--json")
     assert done.returncode == 0, done.stderr

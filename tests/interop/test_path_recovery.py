@@ -25,23 +25,18 @@ How long each step took is printed (`-s`) and kept out of the assertions
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns, pytest.mark.slow]
 
-_spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__file__).with_name("netns.py"))
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 import natlab  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
+import transfer  # noqa: E402
 
 STREAM_BYTES = 3 << 20
 STREAM_MBPS = 3.0  # ~8 s of traffic: the break lands in the middle of it
@@ -52,11 +47,12 @@ SETTLE_S = 40.0
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[natlab.NatMesh]:
-    reason = netns.netns_missing() or natlab.nft_missing()
-    if reason is None and shutil.which("conntrack") is None:
-        reason = "`conntrack` is not installed (the NAT is flushed with it): apt-get install conntrack"
-    if reason:
-        pytest.skip(reason)
+    skip_unless(
+        netns.netns_missing(),
+        natlab.nft_missing(),
+        None if shutil.which("conntrack") else
+        "`conntrack` is not installed (the NAT is flushed with it): apt-get install conntrack",
+    )  # fmt: skip
     m = natlab.NatMesh({"a": "home", "b": "home"})
     try:
         m.start()
@@ -94,7 +90,7 @@ def stream_while(mesh: natlab.NatMesh, port: int, during: Any) -> tuple[dict[str
 
 
 def expected_sha() -> str:
-    return hashlib.sha256(b"".join(netns.stream_block(i) for i in range(STREAM_BYTES >> 16))).hexdigest()
+    return transfer.expected_sha256(STREAM_BYTES)
 
 
 def test_transfer_survives_the_nat_forgetting_its_mappings(mesh: natlab.NatMesh) -> None:

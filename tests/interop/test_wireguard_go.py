@@ -10,7 +10,6 @@ their recorded PIDs. Needs root, /dev/net/tun, `ip`, `wireguard-go` and `wg`;
 skips with the reason otherwise.
 """
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -26,23 +25,17 @@ from meshlet_agent import localapi
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
-_spec = importlib.util.spec_from_file_location("meshlet_interop_netns", Path(__file__).with_name("netns.py"))
-assert _spec is not None and _spec.loader is not None
-netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netns)
+from meshlet_testing.lab import NETNS_PY, netns, skip_unless  # noqa: E402  (puts tools/lab on sys.path)
 
 PORT = 51820
 A_TUN, B_TUN = "100.64.0.1", "100.64.0.2"
 A_TUN6, B_TUN6 = "fd7a::1", "fd7a::2"
 TRANSFER_BYTES = 20 * 1000 * 1000
-NETNS_PY = str(Path(__file__).with_name("netns.py"))
 
 
 @pytest.fixture(scope="module")
 def netns_ok() -> None:
-    reason = netns.requirements_missing()
-    if reason:
-        pytest.skip(reason)
+    skip_unless(netns.requirements_missing())
 
 
 class Pair:

@@ -43,7 +43,6 @@ columns of the same run.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -58,6 +57,8 @@ sys.path.insert(0, str(ROOT / "tools" / "lab"))
 
 import meshletnode  # noqa: E402
 import netlab  # noqa: E402
+from procstat import ctx_switches, threads  # noqa: E402
+from procstat import rss_mib as proc_rss_mib  # noqa: E402
 import tailnode  # noqa: E402
 
 PROXY_PORT = 18080
@@ -79,32 +80,6 @@ while time.monotonic() < end:
 print("gave up: %s" % last, flush=True)
 sys.exit(1)
 """
-
-
-def proc_rss_mib(pid: int) -> float:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def ctx_switches(pid: int) -> int:
-    """Voluntary + involuntary context switches of every thread of `pid` (threads that exited drop out)."""
-    total = 0
-    for status in glob.glob("/proc/%d/task/*/status" % pid):
-        try:
-            with open(status) as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
-
-
-def threads(pid: int) -> int:
-    return len(glob.glob("/proc/%d/task/*" % pid))
 
 
 def tx_bytes(star: netlab.Star, leaf: str) -> int:

@@ -38,7 +38,6 @@ also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import glob
 import importlib.util
 import json
 import os
@@ -58,25 +57,12 @@ netns = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(netns)
 import natlab  # noqa: E402  (tools/lab, on sys.path once netns is loaded)
 import tailnode  # noqa: E402
+from procstat import ctx_switches  # noqa: E402
 
 WG_PORT = 51820
 WG_NET = "10.99.0"
 IPERF_PORT = 5299
 SESSION_ACTIVE_S = 45.0
-
-
-def ctx_switches(pid: int) -> int:
-    """Voluntary + involuntary context switches of every thread of `pid`."""
-    total = 0
-    for status in glob.glob("/proc/%d/task/*/status" % pid):
-        try:
-            with open(status) as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def wakeups(pids: dict[str, int], window_s: float) -> dict[str, float]:

@@ -36,6 +36,7 @@ import sys
 from typing import Any
 
 from netlab import Proc, Star, wait_for
+from netlab import fetch as fetch, tail as tail  # re-exported: meshletnode.fetch, meshletnode.tail
 
 TUN = "meshlet0"
 PORT = 41641
@@ -182,6 +183,23 @@ class MeshletNode:
         """`meshlet ping TARGET`: its output (`pong from …`), or NodeError."""
         return self.cli("ping", target, timeout=timeout).stdout.strip()
 
+    def ping_once(self, target_ip: str, timeout_s: float = 2.0) -> dict[str, Any]:
+        """One disco ping through the local API (no CLI process per ping, so timings are the path's):
+        the last pong, {"via", "latency_ms", "endpoint"?}, or {"error"}."""
+        request = {"request": "ping", "target": target_ip, "count": 1, "timeout_s": timeout_s}
+        reply = self.api(request, timeout_s=timeout_s + 10)
+        if not reply.get("ok", True) and "pongs" not in reply:
+            return {"error": str(reply.get("error", reply))}
+        pongs = reply.get("pongs") or [{"error": "no pongs"}]
+        out: dict[str, Any] = pongs[-1]
+        return out
+
+    def cur_addr(self, peer: str) -> tuple[str, str]:
+        """(CurAddr, Relay) of host `peer` in the local API's status: the direct address or "", the region."""
+        status = self.api({"request": "status"}, timeout_s=10)["status"]
+        found = peers_by_name(status)[peer]
+        return str(found.get("CurAddr") or ""), str(found.get("Relay") or "")
+
     # --- waiting ----------------------------------------------------------------------------
 
     def wait_running(self, timeout_s: float) -> dict[str, Any]:
@@ -294,25 +312,6 @@ def ping_summary(output: str) -> dict[str, Any]:
         "latency_ms": float(ms.group(1)) if ms else None,
         "line": line,
     }
-
-
-def tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def fetch(star: Star, where: str, url: str, timeout_s: float = 8.0) -> str:
-    """GET `url` from inside namespace `where` (names resolved by the leaf's resolv.conf)."""
-    code = (
-        "import sys, urllib.request\n"
-        "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())\n"
-    )
-    res = star.run(
-        where, sys.executable, "-c", code, url, str(timeout_s), timeout=timeout_s + 10, check=False
-    )
-    if res.returncode != 0:
-        err = res.stderr.strip()
-        raise RuntimeError(err.splitlines()[-1] if err else "exit %d" % res.returncode)
-    return res.stdout.strip()
 
 
 HTTP_SERVER = r"""

@@ -19,7 +19,7 @@ coturn), rebuilt on `netlab.Star` so that `meshletnode.MeshletNode`,
 
 Every NAT router also drops new connections to itself from its WAN side, as a
 home router's firewall does; without that, hole punching between two Linux
-routers stalls for 30 s (`NatLab._masquerade` says why).
+routers stalls for 30 s (`NatLab.masquerade` says why).
       blocked    home router that drops every UDP packet forwarded from the
                  LAN: only TCP (DERP over TLS, control) gets out
 
@@ -48,19 +48,18 @@ the namespaces (and with them every nftables table and conntrack entry).
 `NatMesh` adds the tailnet (control + a second DERP/STUN region + one meshlet
 agent per slot, started in parallel) and the measurements the tests and
 tools/bench/direct_paths.py share: `ping_until_direct` (a `PathTrace`),
-`cur_addr`, `netcheck`, `transfer` (TCP with SHA-256); `PathWatch` samples a
+`cur_addr`, `netcheck`, `transfer` (transfer.py: TCP with SHA-256); `PathWatch` samples a
 peer's CurAddr in a thread while the network changes.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Callable
 
-from netlab import NETNS_ETC, Star, _counter, _run
+from netlab import Star, unique_prefix
+from netlab import nft_missing as nft_missing  # re-exported: natlab.nft_missing
 
 KINDS = ("none", "home", "symmetric", "double", "blocked")
 SECOND_HUB_ADDR = "10.232.254.1"
@@ -79,7 +78,7 @@ class NatLab(Star):
             if kind not in KINDS:
                 raise ValueError("slot %s: kind %r is not one of %s" % (leaf, kind, ", ".join(KINDS)))
         super().__init__(
-            list(slots), prefix=prefix or "nl%x%x" % (os.getpid() % 0xFFFF, next(_counter)), workdir=workdir
+            list(slots), prefix=prefix or unique_prefix("nl"), workdir=workdir
         )
         self.kinds = dict(slots)
         self.routers: dict[str, list[str]] = {}  # leaf -> router namespaces, LAN side first
@@ -101,30 +100,7 @@ class NatLab(Star):
 
     # --- set-up -----------------------------------------------------------------------------
 
-    def _ns(self, name: str) -> str:
-        ns = self.p + name
-        _run(["ip", "netns", "add", ns])
-        self._made.append(ns)
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        return ns
-
-    def _link(self, ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str, addr_b: str) -> None:
-        _run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b])
-        _run(["ip", "-n", ns_a, "addr", "add", addr_a, "dev", if_a])
-        _run(["ip", "-n", ns_b, "addr", "add", addr_b, "dev", if_b])
-        _run(["ip", "-n", ns_a, "link", "set", if_a, "up"])
-        _run(["ip", "-n", ns_b, "link", "set", if_b, "up"])
-
-    def _nft(self, ns: str, rules: str) -> None:
-        res = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules,
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
-        if res.returncode != 0:
-            raise RuntimeError("nft in %s failed: %s (apt-get install nftables)" % (ns, res.stderr.strip()))
-
-    def _router(self, ns: str) -> None:
-        _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-
-    def _masquerade(self, ns: str, out_if: str, symmetric: bool) -> None:
+    def masquerade(self, ns: str, out_if: str, symmetric: bool) -> None:
         """Source NAT out of `out_if`, and a home router's firewall: nothing new in from that side.
 
         The input rule matters for hole punching: without it a peer's early
@@ -137,7 +113,7 @@ class NatLab(Star):
         confirmed (the behaviour of OpenWrt's wan zone, input REJECT).
         """
         self._masq_if[ns] = out_if
-        self._nft(ns, (
+        self.nft(ns, (
             "table ip natlab {\n"
             "  chain post {\n"
             "    type nat hook postrouting priority srcnat; policy accept;\n"
@@ -150,8 +126,8 @@ class NatLab(Star):
             "}\n" % (out_if, " fully-random" if symmetric else "", out_if)
         ))  # fmt: skip
 
-    def _drop_udp_from(self, ns: str, lan_if: str) -> None:
-        self._nft(ns, (
+    def drop_udp_from(self, ns: str, lan_if: str) -> None:
+        self.nft(ns, (
             "table ip natlab_fw {\n"
             "  chain forward {\n"
             "    type filter hook forward priority filter; policy accept;\n"
@@ -160,54 +136,52 @@ class NatLab(Star):
             "}\n" % lan_if
         ))  # fmt: skip
 
-    def _up(self) -> None:
+    def build(self) -> None:
+        """The hub and each slot's LAN, routers and NATs (`Star.up` calls it)."""
         p = self.p
-        hub = self._ns("h")
-        self._router(hub)
-        _run(["ip", "-n", hub, "addr", "add", SECOND_HUB_ADDR + "/32", "dev", "lo"])
+        hub = self.add_ns("h", key="hub")
+        self.forward(hub)
+        self.run("hub", "ip", "addr", "add", SECOND_HUB_ADDR + "/32", "dev", "lo")
         for leaf in self.leaves:
             i, kind = self.index(leaf), self.kinds[leaf]
             hub_side = "%s.%d.1/24" % (self.SUBNET, i)
             wan = self.wan_addr(leaf) + "/24"
             lan_net = "%s.%d" % (LAN, i)
-            leaf_ns = self._ns(leaf)
+            leaf_ns = self.add_ns(leaf, key=leaf)
             if kind == "none":
-                self._link(hub, "%sh%d" % (p, i), hub_side, leaf_ns, "%sl%d" % (p, i), wan)
-                _run(["ip", "-n", leaf_ns, "route", "add", "default", "via", "%s.%d.1" % (self.SUBNET, i)])
+                self.add_link(hub, "%sh%d" % (p, i), hub_side, leaf_ns, "%sl%d" % (p, i), wan)
+                self.default_route(leaf_ns, "%s.%d.1" % (self.SUBNET, i))
                 self.lan_addr[leaf] = self.wan_addr(leaf)
                 self.routers[leaf] = []
             else:
-                home = self._ns("%sr" % leaf)
-                self._router(home)
-                self._link(
+                home = self.add_ns("%sr" % leaf)
+                self.forward(home)
+                self.add_link(
                     home, "%sn%d" % (p, i), lan_net + ".1/24", leaf_ns, "%sl%d" % (p, i), lan_net + ".2/24"
                 )
-                _run(["ip", "-n", leaf_ns, "route", "add", "default", "via", lan_net + ".1"])
+                self.default_route(leaf_ns, lan_net + ".1")
                 self.lan_addr[leaf] = lan_net + ".2"
                 if kind == "double":
-                    carrier = self._ns("%sg" % leaf)
-                    self._router(carrier)
+                    carrier = self.add_ns("%sg" % leaf)
+                    self.forward(carrier)
                     cg = "%s.%d" % (CGNAT, i)
-                    self._link(carrier, "%sd%d" % (p, i), cg + ".1/24", home, "%sc%d" % (p, i), cg + ".2/24")
-                    _run(["ip", "-n", home, "route", "add", "default", "via", cg + ".1"])
-                    self._masquerade(home, "%sc%d" % (p, i), symmetric=False)
-                    self._link(hub, "%sh%d" % (p, i), hub_side, carrier, "%sw%d" % (p, i), wan)
-                    _run(
-                        ["ip", "-n", carrier, "route", "add", "default", "via", "%s.%d.1" % (self.SUBNET, i)]
+                    self.add_link(
+                        carrier, "%sd%d" % (p, i), cg + ".1/24", home, "%sc%d" % (p, i), cg + ".2/24"
                     )
-                    self._masquerade(carrier, "%sw%d" % (p, i), symmetric=False)
+                    self.default_route(home, cg + ".1")
+                    self.masquerade(home, "%sc%d" % (p, i), symmetric=False)
+                    self.add_link(hub, "%sh%d" % (p, i), hub_side, carrier, "%sw%d" % (p, i), wan)
+                    self.default_route(carrier, "%s.%d.1" % (self.SUBNET, i))
+                    self.masquerade(carrier, "%sw%d" % (p, i), symmetric=False)
                     self.routers[leaf] = [home, carrier]
                 else:
-                    self._link(hub, "%sh%d" % (p, i), hub_side, home, "%sw%d" % (p, i), wan)
-                    _run(["ip", "-n", home, "route", "add", "default", "via", "%s.%d.1" % (self.SUBNET, i)])
-                    self._masquerade(home, "%sw%d" % (p, i), symmetric=kind == "symmetric")
+                    self.add_link(hub, "%sh%d" % (p, i), hub_side, home, "%sw%d" % (p, i), wan)
+                    self.default_route(home, "%s.%d.1" % (self.SUBNET, i))
+                    self.masquerade(home, "%sw%d" % (p, i), symmetric=kind == "symmetric")
                     if kind == "blocked":
-                        self._drop_udp_from(home, "%sn%d" % (p, i))
+                        self.drop_udp_from(home, "%sn%d" % (p, i))
                     self.routers[leaf] = [home]
-            etc = Path(NETNS_ETC) / leaf_ns
-            etc.mkdir(parents=True, exist_ok=True)
-            self._etc_dirs.append(etc)
-            (etc / "resolv.conf").write_text(self.lab_resolv_conf(leaf))
+            self.own_resolv_conf(leaf, self.lab_resolv_conf(leaf))
 
     # --- changing the network under running agents ---------------------------------------------
 
@@ -275,7 +249,7 @@ class NatLab(Star):
             % (self.wan_addr(x), self.wan_addr(y), self.wan_addr(y), self.wan_addr(x))
             for x, y in sorted(self._blocks)
         )
-        self._nft(hub, (
+        self.nft(hub, (
             "table ip %s {\n"
             "  chain forward {\n"
             "    type filter hook forward priority filter; policy accept;\n"
@@ -285,18 +259,9 @@ class NatLab(Star):
         ))  # fmt: skip
 
 
-def nft_missing() -> str | None:
-    """Why the NAT lab cannot be built here (no nftables), or None."""
-    if shutil.which("nft") is None:
-        return "`nft` is not installed (the NAT routers are nftables rules): apt-get install nftables"
-    return None
-
-
 # --- a tailnet on the NAT lab: control + two STUN/DERP regions + one agent per slot -----------
 
 RELAY_REGION = 901
-TRANSFER_PY = str(Path(__file__).resolve().parents[2] / "tests" / "interop" / "netns.py")
-"""The deterministic TCP transfer helper (`recv HOST PORT` / `send HOST PORT BYTES`), run in the leaves."""
 
 
 class NatMesh:
@@ -317,8 +282,7 @@ class NatMesh:
         import tailnode
 
         self.lab = NatLab(slots, prefix=prefix)
-        self.relay = tailnode.Relay(self.lab, region_id=RELAY_REGION)
-        self.relay.host = SECOND_HUB_ADDR
+        self.relay = tailnode.Relay(self.lab, region_id=RELAY_REGION, host=SECOND_HUB_ADDR)
         self.control = tailnode.Control(self.lab, serve_args=("--derp-map-file", str(self.relay.map_file)))
         self.nodes = {
             leaf: meshletnode.MeshletNode(self.lab, leaf, "%s-%s" % (leaf, kind), verbose=verbose)
@@ -331,11 +295,9 @@ class NatMesh:
         return self.nodes[leaf].name
 
     def start(self, join_s: float = 90.0) -> "NatMesh":
-        import json as _json
-
         self.lab.up()
         try:
-            self.relay.map_file.write_text(_json.dumps(self.relay.derp_map(), indent=2))
+            self.relay.write_map()
             self.relay.start()
             self.control.start()
             self.start_nodes(list(self.nodes), join_s)
@@ -373,15 +335,10 @@ class NatMesh:
     # --- measuring ------------------------------------------------------------------------------
 
     def ping_once(self, src: str, dst: str, timeout_s: float = 2.0) -> dict[str, object]:
-        """One disco ping through the local API: {"via", "latency_ms", "endpoint"?} or {"error"}."""
-        reply = self.nodes[src].api(
-            {"request": "ping", "target": self.ip(dst), "count": 1, "timeout_s": timeout_s},
-            timeout_s=timeout_s + 10,
-        )
-        if not reply.get("ok", True) and "pongs" not in reply:
-            return {"error": str(reply.get("error", reply))}
-        pongs = reply.get("pongs") or [{"error": "no pongs"}]
-        out: dict[str, object] = pongs[-1]
+        """One disco ping from `src` to `dst` (MeshletNode.ping_once).
+
+        {"via", "latency_ms", "endpoint"?} or {"error"}."""
+        out: dict[str, object] = self.nodes[src].ping_once(self.ip(dst), timeout_s)
         return out
 
     def ping_until_direct(self, src: str, dst: str, within_s: float, interval_s: float = 0.2) -> "PathTrace":
@@ -399,12 +356,8 @@ class NatMesh:
         return trace
 
     def cur_addr(self, src: str, dst: str) -> tuple[str, str]:
-        """(CurAddr, Relay) of `dst` in `src`'s `status --json`: the direct address or "", the region."""
-        import meshletnode
-
-        status = self.nodes[src].api({"request": "status"}, timeout_s=10)["status"]
-        peer = meshletnode.peers_by_name(status)[self.nodes[dst].name]
-        return str(peer.get("CurAddr") or ""), str(peer.get("Relay") or "")
+        """(CurAddr, Relay) of `dst` in `src`'s status: the direct address or "", the region."""
+        return self.nodes[src].cur_addr(self.nodes[dst].name)
 
     def netcheck(self, leaf: str) -> dict[str, object]:
         import json as _json
@@ -415,28 +368,12 @@ class NatMesh:
     def transfer(self, src: str, dst: str, nbytes: int, port: int, mbps: float = 0.0,
                  timeout_s: float = 120.0) -> tuple[dict[str, object], dict[str, object]]:  # fmt: skip
         """A TCP stream of `nbytes` from `src` to `dst`'s tailnet address; (sender's, receiver's) reports."""
-        import json as _json
-        import sys
+        import transfer
 
-        from netlab import wait_for
-
+        want: dict[str, object]
+        got: dict[str, object]
         host = self.ip(dst)
-        recv = self.lab.spawn(
-            dst, "recv-%d" % port, [sys.executable, "-u", TRANSFER_PY, "recv", host, str(port)]
-        )
-        wait_for(lambda: "listening" in recv.log() or not recv.alive(), 15, "the receiver on %s" % dst)
-        args = [sys.executable, TRANSFER_PY, "send", host, str(port), str(nbytes)]
-        if mbps:
-            args.append(str(mbps))
-        sent = self.lab.run(src, *args, timeout=timeout_s, check=False)
-        try:
-            recv.popen.wait(30)
-        except subprocess.TimeoutExpired:
-            recv.stop()
-        if sent.returncode != 0:
-            raise RuntimeError("send %s -> %s failed: %s%s" % (src, dst, sent.stdout, sent.stderr))
-        got: dict[str, object] = _json.loads(recv.log().splitlines()[-1])
-        want: dict[str, object] = _json.loads(sent.stdout.splitlines()[-1])
+        want, got = transfer.run(self.lab, src, dst, host, port, nbytes, mbps=mbps, timeout_s=timeout_s)
         return want, got
 
     def logs(self, lines: int = 30) -> str:

@@ -12,6 +12,11 @@ Two shapes:
   server on the hub, Tailscale clients on the leaves: tests/interop and
   tools/demo/tailnet.py).
 
+Both are `Namespaces`: the public building blocks (`add_ns`, `add_link`,
+`default_route`, `forward`, `nft`, `own_resolv_conf`) and the bookkeeping
+(`run`, `spawn`, `down`) that other shapes reuse; natlab.NatLab is a `Star`
+whose `build()` lays out NAT routers with them.
+
 Everything a lab creates is named from one short prefix, unique per lab
 (`ml`/`ms` + pid + counter, so parallel runs and leftovers of a killed run do
 not collide), because wireguard-go's control socket
@@ -27,7 +32,7 @@ socket before `wg set` (else wg falls back to netlink and fails), never pass
 it (§5), hence the recorded PIDs.
 
 This folder is never shipped (DESIGN.md: tools/ is lab, bench and runners);
-tests/interop/netns.py re-exports this module for the tests.
+tests/interop/netns.py re-exports this module (and transfer.py) for the tests.
 """
 
 import itertools
@@ -36,6 +41,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +52,11 @@ NETNS_ETC = "/etc/netns"  # ip netns exec bind-mounts /etc/netns/<ns>/* over /et
 UNDER = "10.231.0"
 OVER = "100.64.0"
 _counter = itertools.count()
+
+
+def unique_prefix(tag: str) -> str:
+    """`tag` + pid + a counter: a name prefix no other lab (of this run or a killed one) uses."""
+    return "%s%x%x" % (tag, os.getpid() % 0xFFFF, next(_counter))
 
 
 def requirements_missing() -> str | None:
@@ -71,6 +82,15 @@ def netns_missing() -> str | None:
     if res.returncode != 0:
         return "cannot create a network namespace (%s): run where netns is allowed" % res.stderr.strip()
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def nft_missing() -> str | None:
+    """Why the lab's nftables rules (blocked UDP, NAT routers) cannot be loaded here, or None."""
+    if shutil.which("nft") is None:
+        return (
+            "`nft` is not installed (the lab's firewall and NAT rules are nftables): apt-get install nftables"
+        )
     return None
 
 
@@ -119,82 +139,151 @@ class Proc:
         return self.popen.returncode
 
 
-class Lab:
+class Namespaces:
+    """Network namespaces named from one prefix, the veth links between them, the processes
+    started in them, and their teardown: what `Lab`, `Star` and natlab.NatLab build on.
+
+    `add_ns` and `add_link` are the building blocks of a topology's `up()`;
+    `down()` stops every process started with `spawn` by its recorded PID,
+    deletes every namespace `add_ns` made (with their nftables tables and
+    conntrack entries) and every /etc/netns/<ns> directory
+    `own_resolv_conf` wrote, and never kills anything by name.
+    """
+
+    def __init__(self, prefix: str, workdir: str | None, dir_prefix: str) -> None:
+        self.p = prefix
+        self.ns: dict[str, str] = {}  # key ("a", "hub", a leaf name, ...) -> namespace name
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix=dir_prefix))
+        self.procs: list[Proc] = []
+        self._made: list[str] = []
+        self._etc_dirs: list[Path] = []
+
+    # --- building blocks of up() --------------------------------------------------------------
+
+    def add_ns(self, suffix: str, key: str | None = None) -> str:
+        """Creates namespace <prefix><suffix> with its loopback up; its name. `key` registers it in `ns`."""
+        ns = self.p + suffix
+        _run(["ip", "netns", "add", ns])
+        self._made.append(ns)
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        if key is not None:
+            self.ns[key] = ns
+        return ns
+
+    def add_link(self, ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str, addr_b: str) -> None:
+        """A veth pair between namespaces `ns_a` and `ns_b`, addressed (CIDR) and up on both ends."""
+        _run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b])
+        _run(["ip", "-n", ns_a, "addr", "add", addr_a, "dev", if_a])
+        _run(["ip", "-n", ns_b, "addr", "add", addr_b, "dev", if_b])
+        _run(["ip", "-n", ns_a, "link", "set", if_a, "up"])
+        _run(["ip", "-n", ns_b, "link", "set", if_b, "up"])
+
+    def default_route(self, ns: str, via: str) -> None:
+        _run(["ip", "-n", ns, "route", "add", "default", "via", via])
+
+    def forward(self, ns: str) -> None:
+        """Turns namespace `ns` into a router (IPv4 forwarding)."""
+        _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
+    def nft(self, ns: str, rules: str) -> None:
+        """Loads an nftables ruleset into namespace `ns`; RuntimeError naming the package if nft fails."""
+        res = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules,
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        if res.returncode != 0:
+            raise RuntimeError("nft in %s failed: %s (apt-get install nftables)" % (ns, res.stderr.strip()))
+
+    def own_resolv_conf(self, key: str, text: str) -> None:
+        """Writes /etc/netns/<ns>/resolv.conf, which `ip netns exec` bind-mounts over /etc/resolv.conf."""
+        etc = Path(NETNS_ETC) / self.ns[key]
+        etc.mkdir(parents=True, exist_ok=True)
+        self._etc_dirs.append(etc)
+        (etc / "resolv.conf").write_text(text)
+
+    # --- teardown ---------------------------------------------------------------------------
+
+    def down(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        for ns in reversed(self._made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self._made = []
+        for etc in self._etc_dirs:
+            shutil.rmtree(etc, ignore_errors=True)
+        self._etc_dirs = []
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def run(
+        self, where: str, *args: str, timeout: float = 30, check: bool = True
+    ) -> "subprocess.CompletedProcess[str]":
+        """Runs `args` in namespace `ns[where]`; RuntimeError with its output if it fails and `check`."""
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.ns[where], *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(
+                "%s in %s failed (%d): %s%s" % (" ".join(args), where, res.returncode, res.stdout, res.stderr)
+            )
+        return res
+
+    def spawn(
+        self, where: str, name: str, args: list[str], env: dict[str, str] | None = None,
+        die_with_parent: bool = False,
+    ) -> Proc:  # fmt: skip
+        """Starts `args` inside the namespace (`ip netns exec` execs: the PID is the program's).
+
+        With `die_with_parent` the program runs in its own session, so a
+        terminal's Ctrl-C reaches only this process (whose `down()` then stops
+        everything in order), and the kernel sends it SIGKILL if this process
+        dies without running `down()` (itself killed with SIGKILL): a safety
+        net for demos, not a replacement for `down()`.
+        """
+        proc = _spawn_in(self.ns[where], self.dir / (name + ".log"), name, args, env, die_with_parent)
+        self.procs.append(proc)
+        return proc
+
+
+class Lab(Namespaces):
     """Two namespaces `a` and `b` joined by a veth. Use as a context manager or call up()/down()."""
 
     def __init__(self, prefix: str | None = None, workdir: str | None = None) -> None:
-        self.p = prefix or "ml%x%x" % (os.getpid() % 0xFFFF, next(_counter))
+        super().__init__(prefix or unique_prefix("ml"), workdir, "meshlet-lab-")
         assert len(self.p) <= 11, "interface names are prefix + 2 chars and must stay under 16"
         self.ns = {"a": self.p + "a", "b": self.p + "b"}
         self.veth = {"a": self.p + "va", "b": self.p + "vb"}
         self.under = {"a": UNDER + ".1", "b": UNDER + ".2"}
-        self._own_dir = workdir is None
-        self.dir = Path(workdir or tempfile.mkdtemp(prefix="meshlet-lab-"))
-        self.procs: list[Proc] = []
         self._wg_ifaces: list[str] = []
 
     # --- set-up and teardown -----------------------------------------------------------
 
     def up(self) -> "Lab":
         for side in "ab":
-            _run(["ip", "netns", "add", self.ns[side]])
-        va, vb = self.veth["a"], self.veth["b"]
-        _run(
-            (
-                "ip link add %s netns %s type veth peer name %s netns %s"
-                % (va, self.ns["a"], vb, self.ns["b"])
-            ).split()
-        )
-        for side in "ab":
-            self.ip(side, "addr", "add", self.under[side] + "/24", "dev", self.veth[side])
-            self.ip(side, "link", "set", "lo", "up")
-            self.ip(side, "link", "set", self.veth[side], "up")
+            self.add_ns(side, key=side)
+        a, b = self.ns["a"], self.ns["b"]
+        self.add_link(a, self.veth["a"], self.under["a"] + "/24", b, self.veth["b"], self.under["b"] + "/24")
         return self
 
     def down(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        for side in "ab":
-            subprocess.run(["ip", "netns", "del", self.ns[side]], capture_output=True)
+        super().down()
         for ifname in self._wg_ifaces:
             try:
                 os.unlink(os.path.join(WG_RUN_DIR, ifname + ".sock"))
             except FileNotFoundError:
                 pass
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "Lab":
         return self.up()
-
-    def __exit__(self, *exc: object) -> None:
-        self.down()
 
     # --- commands ------------------------------------------------------------------------
 
     def ip(self, side: str, *args: str) -> str:
         return _run(["ip", "-n", self.ns[side], *args])
-
-    def run(
-        self, side: str, *args: str, timeout: float = 30, check: bool = True
-    ) -> "subprocess.CompletedProcess[str]":
-        res = subprocess.run(
-            ["ip", "netns", "exec", self.ns[side], *args], capture_output=True, text=True, timeout=timeout
-        )
-        if check and res.returncode != 0:
-            raise RuntimeError(
-                "%s in %s failed (%d): %s%s" % (" ".join(args), side, res.returncode, res.stdout, res.stderr)
-            )
-        return res
-
-    def spawn(
-        self, side: str, name: str, args: list[str], env: dict[str, str] | None = None,
-        die_with_parent: bool = False,
-    ) -> Proc:  # fmt: skip
-        """Starts `args` inside the namespace; `ip netns exec` execs, so the PID is the program's."""
-        proc = _spawn_in(self.ns[side], self.dir / (name + ".log"), name, args, env, die_with_parent)
-        self.procs.append(proc)
-        return proc
 
     def ping(
         self, side: str, dst: str, count: int = 3, deadline_s: int = 10
@@ -237,7 +326,7 @@ class Lab:
         return str(path)
 
 
-class Star:
+class Star(Namespaces):
     """A hub namespace routing between leaf namespaces, one veth and one /24 per leaf.
 
         leaf <p><name_i>  veth <p>l<i> 10.232.<i+1>.2/24, default route via .1
@@ -271,9 +360,9 @@ class Star:
         self, leaves: list[str], prefix: str | None = None, workdir: str | None = None,
         block_leaf_udp: bool = False, own_resolv_conf: bool = True,
     ) -> None:  # fmt: skip
-        self.p = prefix or "ms%x%x" % (os.getpid() % 0xFFFF, next(_counter))
+        super().__init__(prefix or unique_prefix("ms"), workdir, "meshlet-star-")
         self.block_leaf_udp = block_leaf_udp
-        self.own_resolv_conf = own_resolv_conf
+        self.own_resolv_conf_files = own_resolv_conf
         assert len(self.p) <= 10, "interface names are prefix + up to 3 chars and must stay under 16"
         self.leaves = list(leaves)
         self.ns = {"hub": self.p + "h"}
@@ -281,47 +370,31 @@ class Star:
         for i, name in enumerate(self.leaves):
             self.ns[name] = self.p + name
             self.addr[name] = "%s.%d.2" % (self.SUBNET, i + 1)
-        self._own_dir = workdir is None
-        self.dir = Path(workdir or tempfile.mkdtemp(prefix="meshlet-star-"))
-        self.procs: list[Proc] = []
-        self._made: list[str] = []
-        self._etc_dirs: list[Path] = []
 
     def hub_addr(self, leaf: str) -> str:
         """The hub's address on `leaf`'s link (any of them reaches the hub from every leaf)."""
         return "%s.%d.1" % (self.SUBNET, self.leaves.index(leaf) + 1)
 
     def up(self) -> "Star":
+        """Builds the topology (`build`); on any failure tears down what was made and re-raises."""
         try:
-            self._up()
+            self.build()
         except BaseException:
             self.down()
             raise
         return self
 
-    def _up(self) -> None:
-        hub = self.ns["hub"]
-        _run(["ip", "netns", "add", hub])
-        self._made.append(hub)
-        _run(["ip", "-n", hub, "link", "set", "lo", "up"])
-        _run(["ip", "netns", "exec", hub, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    def build(self) -> None:
+        """Makes the namespaces and links (called by `up`); subclasses with another shape replace it."""
+        hub = self.add_ns("h", key="hub")
+        self.forward(hub)
         for i, name in enumerate(self.leaves):
-            ns = self.ns[name]
-            _run(["ip", "netns", "add", ns])
-            self._made.append(ns)
-            hv, lv = "%sh%d" % (self.p, i), "%sl%d" % (self.p, i)
-            _run(["ip", "link", "add", hv, "netns", hub, "type", "veth", "peer", "name", lv, "netns", ns])
-            _run(["ip", "-n", hub, "addr", "add", "%s.%d.1/24" % (self.SUBNET, i + 1), "dev", hv])
-            _run(["ip", "-n", ns, "addr", "add", self.addr[name] + "/24", "dev", lv])
-            _run(["ip", "-n", hub, "link", "set", hv, "up"])
-            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            _run(["ip", "-n", ns, "link", "set", lv, "up"])
-            _run(["ip", "-n", ns, "route", "add", "default", "via", "%s.%d.1" % (self.SUBNET, i + 1)])
-            if self.own_resolv_conf:
-                etc = Path(NETNS_ETC) / ns
-                etc.mkdir(parents=True, exist_ok=True)
-                self._etc_dirs.append(etc)
-                (etc / "resolv.conf").write_text(self.lab_resolv_conf(name))
+            ns = self.add_ns(name, key=name)
+            self.add_link(hub, "%sh%d" % (self.p, i), "%s.%d.1/24" % (self.SUBNET, i + 1),
+                          ns, "%sl%d" % (self.p, i), self.addr[name] + "/24")  # fmt: skip
+            self.default_route(ns, self.hub_addr(name))
+            if self.own_resolv_conf_files:
+                self.own_resolv_conf(name, self.lab_resolv_conf(name))
         if self.block_leaf_udp:
             self.set_leaf_udp(blocked=True)
 
@@ -360,12 +433,7 @@ class Star:
                 "  }\n"
                 "}\n" % table
             )
-            res = subprocess.run(["ip", "netns", "exec", hub, "nft", "-f", "-"], input=rules,
-                                 capture_output=True, text=True, timeout=30)  # fmt: skip
-            if res.returncode != 0:
-                raise RuntimeError(
-                    "nft in %s failed: %s (apt-get install nftables)" % (hub, res.stderr.strip())
-                )
+            self.nft(hub, rules)
         self.block_leaf_udp = blocked
 
     def dropped_udp(self) -> int:
@@ -375,51 +443,8 @@ class Star:
         found = re.search(r"counter packets (\d+)", res.stdout)
         return int(found.group(1)) if found else 0
 
-    def down(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        for ns in reversed(self._made):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        self._made = []
-        for etc in self._etc_dirs:
-            shutil.rmtree(etc, ignore_errors=True)
-        self._etc_dirs = []
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
     def __enter__(self) -> "Star":
         return self.up()
-
-    def __exit__(self, *exc: object) -> None:
-        self.down()
-
-    def run(
-        self, where: str, *args: str, timeout: float = 30, check: bool = True
-    ) -> "subprocess.CompletedProcess[str]":
-        res = subprocess.run(
-            ["ip", "netns", "exec", self.ns[where], *args], capture_output=True, text=True, timeout=timeout
-        )
-        if check and res.returncode != 0:
-            raise RuntimeError(
-                "%s in %s failed (%d): %s%s" % (" ".join(args), where, res.returncode, res.stdout, res.stderr)
-            )
-        return res
-
-    def spawn(
-        self, where: str, name: str, args: list[str], env: dict[str, str] | None = None,
-        die_with_parent: bool = False,
-    ) -> Proc:  # fmt: skip
-        """Starts `args` inside the namespace (`ip netns exec` execs: the PID is the program's).
-
-        With `die_with_parent` the program runs in its own session, so a
-        terminal's Ctrl-C reaches only this process (whose `down()` then stops
-        everything in order), and the kernel sends it SIGKILL if this process
-        dies without running `down()` (itself killed with SIGKILL): a safety
-        net for demos, not a replacement for `down()`.
-        """
-        proc = _spawn_in(self.ns[where], self.dir / (name + ".log"), name, args, env, die_with_parent)
-        self.procs.append(proc)
-        return proc
 
 
 def _spawn_in(
@@ -451,6 +476,25 @@ def _run(cmd: list[str]) -> str:
     if res.returncode != 0:
         raise RuntimeError("%s failed: %s" % (" ".join(cmd), res.stderr.strip()))
     return res.stdout
+
+
+def fetch(lab: Namespaces, where: str, url: str, timeout_s: float = 8.0) -> str:
+    """GET `url` from inside namespace `where` (stdlib urllib; names resolved by that namespace's
+    resolv.conf): the body, or RuntimeError with the reason."""
+    code = (
+        "import sys, urllib.request\n"
+        "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())\n"
+    )
+    res = lab.run(where, sys.executable, "-c", code, url, str(timeout_s), timeout=timeout_s + 10, check=False)
+    if res.returncode != 0:
+        err = res.stderr.strip()
+        raise RuntimeError(err.splitlines()[-1] if err else "exit %d" % res.returncode)
+    return res.stdout.strip()
+
+
+def tail(text: str, lines: int = 25) -> str:
+    """The last `lines` lines of a log, for error messages."""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def genkey() -> tuple[str, str]:

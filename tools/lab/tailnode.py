@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from netlab import Proc, Star, wait_for
+from netlab import fetch as fetch, tail as tail  # re-exported: tailnode.fetch, tailnode.tail
 
 CONTROL_PORT = 8080
 PROXY_PORT = 18080
@@ -164,21 +165,6 @@ def start_node(
     )
 
 
-def fetch(star: Star, where: str, url: str, timeout_s: float = 8.0) -> str:
-    """GET `url` from inside namespace `where` (stdlib urllib); the body, or RuntimeError with the reason."""
-    code = (
-        "import sys, urllib.request\n"
-        "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())\n"
-    )
-    res = star.run(
-        where, sys.executable, "-c", code, url, str(timeout_s), timeout=timeout_s + 10, check=False
-    )
-    if res.returncode != 0:
-        err = res.stderr.strip()
-        raise RuntimeError(err.splitlines()[-1] if err else "exit %d" % res.returncode)
-    return res.stdout.strip()
-
-
 _NOW_USING = re.compile(r"now using (\[[0-9a-fA-F:.]+\]:\d+|[0-9.]+:\d+)")
 
 
@@ -219,19 +205,7 @@ class Control:
              *self.serve_args, "--verbose"],
             die_with_parent=die_with_parent,
         )  # fmt: skip
-        try:
-            wait_for(
-                lambda: "serving http on" in proc.log() or not proc.alive(),
-                timeout_s,
-                "meshlet-control serve",
-            )
-        except TimeoutError as e:
-            raise RuntimeError("%s; its log:\n%s" % (e, tail(proc.log()))) from None
-        if not proc.alive():
-            raise RuntimeError(
-                "meshlet-control serve exited (%s); its log:\n%s" % (proc.popen.returncode, tail(proc.log()))
-            )
-        return proc
+        return wait_serving(proc, "serving http on", timeout_s, "meshlet-control serve")
 
     def stop(self) -> None:
         """Stops the server by its PID (SIGTERM); the nodes keep their last netmap."""
@@ -295,10 +269,14 @@ class Relay:
     restarted relay is the same relay to the nodes.
     """
 
-    def __init__(self, star: Star, region_id: int = 901, port: int = 3340, stun_port: int = 3478) -> None:
+    def __init__(
+        self, star: Star, region_id: int = 901, port: int = 3340, stun_port: int = 3478,
+        host: str | None = None,
+    ) -> None:  # fmt: skip
+        """`host`: the hub address it listens on (default the hub's address on the first leaf's link)."""
         self.star = star
         self.region_id = region_id
-        self.host = star.hub_addr(star.leaves[0])
+        self.host = host or star.hub_addr(star.leaves[0])
         self.port = port
         self.stun_port = stun_port
         self.state_dir = star.dir / "derp"
@@ -315,10 +293,18 @@ class Relay:
         region = {"RegionID": self.region_id, "RegionCode": "lab", "RegionName": "lab relay", "Nodes": [node]}
         return {"Regions": {str(self.region_id): region}, "omitDefaultRegions": True}
 
+    def write_map(self) -> str:
+        """Writes `derp_map()` to `map_file`; its path.
+
+        For `--derp-map-file` with `--derp none` (`control_args`) or beside
+        the server's embedded relay (a second region, as natlab.NatMesh has).
+        """
+        self.map_file.write_text(json.dumps(self.derp_map(), indent=2))
+        return str(self.map_file)
+
     def control_args(self) -> tuple[str, ...]:
         """`meshlet-control serve` flags for a DERP map holding only this relay (writes the map file)."""
-        self.map_file.write_text(json.dumps(self.derp_map(), indent=2))
-        return ("--derp", "none", "--derp-map-file", str(self.map_file))
+        return ("--derp", "none", "--derp-map-file", self.write_map())
 
     def start(self, timeout_s: float = 20.0, die_with_parent: bool = False) -> Proc:
         """Starts (or restarts) the relay and waits until it serves; RuntimeError with its log if not."""
@@ -340,21 +326,20 @@ class Relay:
              "--metrics-addr", "", "--state-dir", str(self.state_dir), "--verbose"],
             die_with_parent=die_with_parent,
         )  # fmt: skip
-        try:
-            wait_for(lambda: "derp: serving" in proc.log() or not proc.alive(), timeout_s, "meshlet-derp")
-        except TimeoutError as e:
-            raise RuntimeError("%s; its log:\n%s" % (e, tail(proc.log()))) from None
-        if not proc.alive():
-            raise RuntimeError(
-                "meshlet-derp exited (%s); its log:\n%s" % (proc.popen.returncode, tail(proc.log()))
-            )
-        return proc
+        return wait_serving(proc, "derp: serving", timeout_s, "meshlet-derp")
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
 
 
-def tail(text: str, lines: int = 25) -> str:
-    """The last `lines` lines of a log, for error messages."""
-    return "\n".join(text.splitlines()[-lines:])
+def wait_serving(proc: Proc, marker: str, timeout_s: float, what: str) -> Proc:
+    """Waits until `marker` is in the log of server `proc`; RuntimeError with the log's end if it
+    exits or stays silent for `timeout_s`."""
+    try:
+        wait_for(lambda: marker in proc.log() or not proc.alive(), timeout_s, what)
+    except TimeoutError as e:
+        raise RuntimeError("%s; its log:\n%s" % (e, tail(proc.log()))) from None
+    if not proc.alive():
+        raise RuntimeError("%s exited (%s); its log:\n%s" % (what, proc.popen.returncode, tail(proc.log())))
+    return proc
