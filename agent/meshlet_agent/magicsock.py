@@ -500,7 +500,7 @@ class MagicSock:
         nodes = derp_nodes(region)
         if not nodes:
             return None
-        node = nodes[0]  # TODO(issue 7): try the region's other nodes when the first fails
+        node = nodes[0]  # only the first node of a region is dialled; failing over to its other nodes is not done yet
         kwargs: dict[str, Any] = {}
         if self._derp_max_backoff_ms is not None:
             kwargs["max_backoff_ms"] = self._derp_max_backoff_ms
