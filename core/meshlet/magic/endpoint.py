@@ -387,8 +387,7 @@ class Endpoint:
         self.last_full_ping_ms = now_ms
         self._expire_learned(now_ms)
         out: "list[Action] | None" = None
-        for addr in list(self.candidates):
-            c = self.candidates[addr]
+        for addr, c in self.candidates.items():  # _ping adds no candidate and removes none
             if c.last_ping_ms is not None and now_ms - c.last_ping_ms < DISCO_PING_INTERVAL_MS:
                 continue
             if out is None:
@@ -402,12 +401,14 @@ class Endpoint:
 
     def _expire_learned(self, now_ms: int) -> None:
         """Forgets addresses known only from pings that last pinged us more than 45 s ago."""
-        for addr in list(self.candidates):
-            c = self.candidates[addr]
-            if c.sources == FROM_PING and (
-                c.last_got_ping_ms is None or now_ms - c.last_got_ping_ms > SESSION_ACTIVE_TIMEOUT_MS
-            ):
-                self._forget(addr)
+        expired = [
+            addr
+            for addr, c in self.candidates.items()
+            if c.sources == FROM_PING
+            and (c.last_got_ping_ms is None or now_ms - c.last_got_ping_ms > SESSION_ACTIVE_TIMEOUT_MS)
+        ]
+        for addr in expired:
+            self._forget(addr)
 
     def _ping(self, addr: "Addr", now_ms: int) -> Action:
         self._expire_pings(now_ms)
