@@ -439,7 +439,7 @@ class MagicSock:
         """Sends one datagram to `peer` on its current path(s); False (counted) if it was dropped."""
         info = self._peers.get(peer)
         if info is None or info.shared is None:
-            return self._send_derp_only(peer, data)  # no disco key: no direct path can be found
+            return self._send_derp_only(peer, info, data)  # no disco key: no direct path can be found
         now = _now_ms()
         self._last_send = now / 1000
         ep = info.endpoint
@@ -453,11 +453,11 @@ class MagicSock:
         if plan.udp is not None:
             sent = self._udp_send(data, plan.udp, info)
         if plan.derp:
-            sent = self._send_derp_only(peer, data) or sent
+            sent = self._send_derp_only(peer, info, data) or sent
         return sent
 
-    def _send_derp_only(self, peer: NodePublic, data: bytes) -> bool:
-        region = self._path_for(peer)
+    def _send_derp_only(self, peer: NodePublic, info: _Peer | None, data: bytes) -> bool:
+        region = self._region_for(peer, info)
         if not region:
             self._count("drop_no_path")
             return False
@@ -469,7 +469,10 @@ class MagicSock:
 
     def _path_for(self, peer: NodePublic) -> int:
         """The DERP region to reach `peer` by: its home, else where it last reached us, else ours."""
-        info = self._peers.get(peer)
+        return self._region_for(peer, self._peers.get(peer))
+
+    def _region_for(self, peer: NodePublic, info: _Peer | None) -> int:
+        """`_path_for` with the peer's state already looked up (the send path has it)."""
         if info is not None and info.home_derp and info.home_derp in self._regions:
             return info.home_derp
         return self._last_region.get(peer) or self.home_region
@@ -658,7 +661,7 @@ class MagicSock:
                     self._count("tx_disco_ping_backs")
                     self._do_actions(info, back, now)
         elif isinstance(msg, disco.Pong):
-            self._on_pong(info, msg, derp_src is not None, region_id, src, now)
+            self._on_pong(info, msg, derp_src is not None, region_id, now)
         elif isinstance(msg, disco.CallMeMaybe):
             if derp_src is None or derp_src != info.key:
                 self._count("drop_call_me_maybe_not_via_derp")  # only over DERP, from the key's owner
@@ -674,7 +677,7 @@ class MagicSock:
         return [(ip, port) for ip, port in endpoints if port and self._reachable(ip)]
 
     def _on_pong(
-        self, info: _Peer, msg: disco.Pong, via_derp: bool, region_id: int, src: tuple[bytes, int], now: int
+        self, info: _Peer, msg: disco.Pong, via_derp: bool, region_id: int, now: int
     ) -> None:
         matched = False
         addr_text = ""
@@ -691,7 +694,7 @@ class MagicSock:
             if who2 == info.key and not fut2.done():
                 matched = True
                 if via_derp:
-                    fut2.set_result(PingResult(time.monotonic() - sent2, self._via(region_id, src), region_id))
+                    fut2.set_result(PingResult(time.monotonic() - sent2, self._derp_via(region_id), region_id))
                 else:
                     text = addr_text or to
                     fut2.set_result(PingResult(time.monotonic() - sent2, text, 0, text))
@@ -740,7 +743,7 @@ class MagicSock:
     def _send_call_me_maybe(self, info: _Peer) -> None:
         if info.shared is None or not self.endpoints:
             return
-        region = self._path_for(info.key)
+        region = self._region_for(info.key, info)
         if not region:
             self._count("drop_no_path")
             return
@@ -779,13 +782,10 @@ class MagicSock:
         if earliest is not None:
             self._arm(earliest)
 
-    def _via(self, region_id: int, src: tuple[bytes, int]) -> str:
-        if region_id:
-            region = self._regions.get(region_id)
-            return "DERP(%s)" % (region.code if region is not None and region.code else region_id)
-        ip, port = src
-        text = socket.inet_ntop(socket.AF_INET if len(ip) == 4 else socket.AF_INET6, ip)
-        return ("%s:%d" if len(ip) == 4 else "[%s]:%d") % (text, port)
+    def _derp_via(self, region_id: int) -> str:
+        """What `tailscale ping` prints for a pong over DERP: DERP(<region code>)."""
+        region = self._regions.get(region_id)
+        return "DERP(%s)" % (region.code if region is not None and region.code else region_id)
 
     async def ping(self, peer: NodePublic, timeout_s: float = PING_TIMEOUT_S) -> PingResult:
         """A disco ping to `peer`, as `tailscale ping` sends it: to the direct path if there is one, and over
