@@ -42,6 +42,7 @@ from meshlet.wg.device import Device, PeerConfig
 from meshlet.wire import parse_ip
 
 from .magicsock import DEFAULT_PORT, MagicSock, PingError, PingResult
+from .peerstatus import ZERO_TIME
 from .tun import Tun, TunError
 from .udp import UdpError
 from .wgconfig import Prefix
@@ -59,7 +60,6 @@ MAGIC_DNS_V6 = bytes.fromhex("fd7a115ca1e0000000000000" + "00000053")
 TAILNET_ROUTES: list[Prefix] = [(bytes([100, 64, 0, 0]), 10), (bytes.fromhex("fd7a115ca1e0" + "00" * 10), 48)]
 ACTIVE_S = 180
 """A peer counts as Active while its last handshake is this recent (a session is only kept up by traffic)."""
-_ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time.Time in JSON, as tailscale status prints it
 _MAX_DNS_TASKS = 64
 _NO_FLOW_PROTOS = frozenset({PROTO_TCP, PROTO_ICMP, PROTO_ICMPV6})
 
@@ -97,7 +97,7 @@ def parse_prefix(text: str) -> Prefix:
 
 def _rfc3339(unix_ms_: int) -> str:
     if not unix_ms_:
-        return _ZERO_TIME
+        return ZERO_TIME
     t = time.gmtime(unix_ms_ // 1000)
     return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t[:6] + (unix_ms_ % 1000,))
 
@@ -245,7 +245,7 @@ class DataPlane:
         except TunError as e:
             raise DataPlaneError(str(e)) from None
         self._addresses = addrs
-        self._filter_rules = None  # the filter's local addresses changed: rebuild it
+        self.filter.set_local_ips([ip for ip, _ in addrs])  # its compiled rules stay as they are
 
     def _apply_filter(self, rules: list[dict[str, object]]) -> None:
         if rules == self._filter_rules:
