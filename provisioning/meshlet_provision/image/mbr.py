@@ -106,11 +106,7 @@ def parse_mbr(sector0: bytes, image_size: int | None = None) -> PartitionTable:
                 "MBR entry %d starts at sector 0, over the table itself: damaged table" % (i + 1)
             )
         p = Partition(i + 1, "0x%02x" % ptype, lba * SECTOR, count * SECTOR, status == 0x80)
-        if image_size is not None and p.end > image_size:
-            raise PartitionTableError(
-                "partition %d ends at byte %d but the image has %d bytes: truncated download or copy?"
-                % (p.number, p.end, image_size)
-            )
+        _check_inside(p, image_size)
         parts.append(p)
     _check_overlap(parts)
     return PartitionTable("mbr", tuple(parts), disk_id)
@@ -140,14 +136,18 @@ def parse_gpt(header: bytes, entries: bytes, image_size: int | None = None) -> P
                 "GPT entry %d spans sectors %d..%d: damaged table" % (i + 1, first, last)
             )
         p = Partition(i + 1, type_guid, first * SECTOR, (last - first + 1) * SECTOR)
-        if image_size is not None and p.end > image_size:
-            raise PartitionTableError(
-                "partition %d ends at byte %d but the image has %d bytes: truncated download or copy?"
-                % (p.number, p.end, image_size)
-            )
+        _check_inside(p, image_size)
         parts.append(p)
     _check_overlap(parts)
     return PartitionTable("gpt", tuple(parts), disk_guid)
+
+
+def _check_inside(p: Partition, image_size: int | None) -> None:
+    if image_size is not None and p.end > image_size:
+        raise PartitionTableError(
+            "partition %d ends at byte %d but the image has %d bytes: truncated download or copy?"
+            % (p.number, p.end, image_size)
+        )
 
 
 def _check_overlap(parts: list[Partition]) -> None:
