@@ -16,14 +16,13 @@ import io
 import os
 import struct
 import zlib
-from typing import TextIO
 from xml.sax.saxutils import escape
 
 from meshlet import enroll
+from meshlet_host.qr import ERROR_LEVEL
 
 from . import font5x7
 
-ERROR_LEVEL = "m"  # as meshlet-control prints codes: survives a smudged label, stays small
 MAX_LABEL = 64
 KINDS = ("png", "svg")
 
@@ -41,13 +40,6 @@ def check_code(code: str) -> enroll.EnrollCode:
             "not an enrollment code: %s; copy the whole code from `meshlet-control keys create --qr`"
             % e.detail
         ) from None
-
-
-def terminal_qr(text: str, out: TextIO) -> None:
-    """A QR code of `text` in block characters (two rows a line), as meshlet-control prints one."""
-    import segno
-
-    segno.make(text, error=ERROR_LEVEL).terminal(out=out, compact=True)
 
 
 def _check_label(label: str | None) -> str:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 from meshlet import __version__, enroll
 from meshlet.key import MachinePrivate, MachinePublic
+from meshlet_host.qr import print_terminal_qr
 
 from . import config as config_mod
 from .config import DB_FILE, ConfigError, ServeConfig, Settings
@@ -396,10 +397,8 @@ def _cmd_keys_create(args: argparse.Namespace, state: State) -> int:
     else:
         print(key.key)
     if args.qr and uri is not None:
-        import segno
-
         out = sys.stderr if args.json else sys.stdout
-        segno.make(uri, error="m").terminal(out=out, compact=True)
+        print_terminal_qr(uri, out)
         print("enrollment URI: %s" % uri, file=out)
     return 0
 

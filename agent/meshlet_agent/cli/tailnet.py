@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from meshlet_host.qr import print_terminal_qr
+
 from .common import CliError, add_socket_flag, ask, print_json
 
 __all__ = ["add_parsers", "run"]
@@ -312,7 +314,7 @@ def wait_until_running(
             shown.add(url)
             err.write("\nTo authenticate, visit:\n\n\t%s\n\n" % url)
             if interactive:
-                print_qr(url, err)
+                print_terminal_qr(url, err)
         elif state == "NeedsMachineAuth" and state not in shown:
             shown.add(state)
             err.write("waiting for the tailnet admin to approve this machine…\n")
@@ -325,13 +327,6 @@ def wait_until_running(
                 % (timeout_s, state)
             )
         sleep(poll_s)
-
-
-def print_qr(text: str, out: TextIO) -> None:
-    """A terminal QR code of `text` (the login URL), as meshlet-control prints enrollment codes."""
-    import segno
-
-    segno.make(text, error="m").terminal(out=out, compact=True)
 
 
 # --- status ------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from meshlet_host.qr import print_terminal_qr
+
 from .. import qr
 
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         qr.write_label(args.code, path, kind="png" if args.png else "svg", label=args.label)
         print("wrote %s (server %s)" % (path, parsed.server))
         return 0
-    qr.terminal_qr(args.code.strip(), sys.stdout)
+    print_terminal_qr(args.code.strip(), sys.stdout)
     if args.label:
         print(args.label)
     print("server: %s" % parsed.server)
