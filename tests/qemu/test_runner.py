@@ -1,11 +1,19 @@
-"""The runner itself, on the plain lab image: console, hostfwd, a private link, persistence.
+"""The runner itself, on a stock arm64 guest: console, hostfwd, a private link, persistence.
 
-One boot of two arm64 lab guests joined by a `Link` (tools/qemu/runner.py):
+One boot of two arm64 guests joined by a `Link` (tools/qemu/runner.py):
 both get a shell over their serial console, guest 1 reaches guest 2 over
 the link, the host reaches guest 1's dropbear through a hostfwd port, a
 file written on a persistent copy of the disk survives a power cycle while
-the pristine image stays untouched. No meshlet in here: this is what the
-provisioned-image tests (test_provisioned.py) stand on.
+the pristine image stays untouched. This is what the provisioned-image
+tests (test_provisioned.py) stand on.
+
+The guest is the same image they boot (meshlet_provision.image.build_image
+from scratch, lab=True: serial autologin, the cache's SSH key), so a cold
+cache builds one Debian tree for the whole tier, not two. It has to carry
+an enrollment; an interactive one (a login server and no key) puts no
+secret on it, and the kernel command line masks meshletd and its first-boot
+unit, so no agent runs and nothing but the shell writes to the console:
+the runner is tested on a plain Debian box, not on meshlet.
 """
 
 from __future__ import annotations
@@ -13,19 +21,34 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+# Never contacted: the units that would use it are masked by NO_MESHLET.
+UNUSED_LOGIN_SERVER = "http://10.0.2.2:9"
+NO_MESHLET = "systemd.mask=meshletd.service systemd.mask=meshlet-firstboot.service"
+
 
 @pytest.fixture(scope="module")
-def lab_arm64(image_cache: Path):  # type: ignore[no-untyped-def]
-    import labimage
+def lab_arm64(image_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     import runner
 
     reason = runner.requirements_missing("arm64")
     if reason:
         pytest.skip(reason)
-    return labimage.lab_image("arm64", cache=str(image_cache), progress=print)
+    try:
+        from meshlet_provision import boards, image
+    except ImportError as e:
+        pytest.skip("meshlet_provision is not importable (%s): install the repository with ./dev setup" % e)
+    out = tmp_path_factory.mktemp("lab-image") / "lab.img"
+    result = image.build_image(
+        boards.load_board("qemu-virt-arm64"), out, from_scratch=True,
+        enrollment=image.Enrollment(UNUSED_LOGIN_SERVER), hostname="lab", cache_dir=str(image_cache),
+        progress=print, lab=True,
+    )  # fmt: skip
+    print("lab image: %.1f s, base from cache: %s" % (result.seconds, result.cache_hit))
+    return result
 
 
 def _sha256_head(path: Path, n: int = 64 << 20) -> str:
@@ -39,8 +62,9 @@ def test_two_guests_on_a_link_with_console_and_ssh(lab_arm64, qemu_logs: Path) -
     link = Link()
     ssh_port = free_port()
     a = Guest(lab_arm64, "arm64", hostfwd=[("tcp", ssh_port, 22)], link=link, name="lab-a",
-              log_dir=qemu_logs, smp=1, mac_index=1)  # fmt: skip
-    b = Guest(lab_arm64, "arm64", link=link, name="lab-b", log_dir=qemu_logs, smp=1, mac_index=2)
+              log_dir=qemu_logs, smp=1, mac_index=1, append=NO_MESHLET)  # fmt: skip
+    b = Guest(lab_arm64, "arm64", link=link, name="lab-b", log_dir=qemu_logs, smp=1, mac_index=2,
+              append=NO_MESHLET)  # fmt: skip
     with a, b:
         a.boot()
         b.boot()
@@ -68,8 +92,9 @@ def test_a_persistent_copy_keeps_state_across_a_power_cycle(lab_arm64, qemu_logs
     from runner import Guest, persistent_copy
 
     before = _sha256_head(lab_arm64.path)
-    disk = persistent_copy(lab_arm64, tmp_path / "disk.ext4")
-    with Guest(disk, "arm64", snapshot=False, name="lab-persist", log_dir=qemu_logs) as g:
+    disk = persistent_copy(lab_arm64, tmp_path / "disk.img")
+    with Guest(disk, "arm64", snapshot=False, name="lab-persist", log_dir=qemu_logs,
+               append=NO_MESHLET) as g:
         g.boot()
         g.shell()
         g.check("echo kept > /root/marker && sync")

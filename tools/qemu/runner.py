@@ -13,10 +13,11 @@ qemu-system-aarch64 (or -arm) process:
     g.poweroff()                    # in-guest poweroff; QEMU exits (PSCI)
     g.close()                       # always: kills QEMU by its PID if still there
 
-`image` is anything shaped like meshlet_provision.image.ImageResult: `.path`
-(a raw disk image, partitioned or a bare ext4), `.boot_files` (kernel,
-initrd, dtb: QEMU boots the kernel directly, no firmware) and
-`.root_partition`; labimage.LabImage is one. `board` is a Board (its .arch
+`image` is a meshlet_provision.image.ImageResult (build_image(..., lab=True)
+for a console autologin and an SSH key; the QEMU tier builds no other kind)
+or anything shaped like one: `.path` (a raw disk image, partitioned or a
+bare ext4), `.boot_files` (kernel, initrd, dtb: QEMU boots the kernel
+directly, no firmware) and `.root_partition`. `board` is a Board (its .arch
 and .qemu table) or just an arch name.
 
 Choices, from shared/lab/QEMU.md: `-M virt -cpu max,pauth=off -smp 2` for
