@@ -10,7 +10,6 @@ so these tests need neither the real meshlet-derp nor root.
 """
 
 import asyncio
-import datetime
 import logging
 import os
 import socket
@@ -20,10 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshlet.derp import frames, login
 from meshlet.derp.events import Connected, PeerGone
@@ -35,6 +30,7 @@ from meshlet_agent.derpclient import (
     describe_error,
     parse_derp_url,
 )
+from meshlet_testing import tlscert
 
 HOST = "derp.test"  # the name in the test certificate; always dialled at 127.0.0.1
 
@@ -445,30 +441,7 @@ def test_token_bucket_from_the_server_limits_sends() -> None:
 
 
 def make_cert(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for HOST (also its own CA), as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
+    return tlscert.make_cert(tmp_path, HOST)
 
 
 def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:

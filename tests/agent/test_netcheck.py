@@ -7,7 +7,6 @@ stagger and the rotation over a region's nodes are visible.
 """
 
 import asyncio
-import datetime
 import socket
 import ssl
 import time
@@ -15,10 +14,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshlet import stun
 from meshlet.derp.region import HomeRegion
@@ -35,6 +30,7 @@ from meshlet_agent.netcheck import (
     measure,
     report,
 )
+from meshlet_testing import tlscert
 
 HOST = "derp.test"
 
@@ -186,26 +182,7 @@ def test_a_socket_owner_can_feed_the_prober() -> None:
 
 
 def make_cert(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for HOST, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem = serialization.PrivateFormat.PKCS8
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, pem, serialization.NoEncryption()))
-    return cert_path, key_path
+    return tlscert.make_cert(tmp_path, HOST)
 
 
 async def latency_server(
