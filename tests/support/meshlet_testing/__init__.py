@@ -1,4 +1,6 @@
 """Test helpers shared by pytest and the MicroPython runner (tools/mprun).
 
-Only MicroPython-safe code lives here: no pytest, no typing at run time.
+What tests/core imports (clock, pair, raises, rand, vectors, garbage, ippackets) is MicroPython-safe:
+no pytest, no typing at run time. lab.py, control.py and tlscert.py serve CPython tests only (the
+netns lab, an in-process control server, a TLS certificate) and say so.
 """
