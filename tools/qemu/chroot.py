@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from cache import HERE, cache_dir, debs_dir, recipe_key
+from meshlet_provision.image import binfmt
+from meshlet_provision.image.errors import ImageError
 
-QEMU_ARCH = {"arm64": "aarch64", "armhf": "arm"}
 # Debian's packages for everything meshlet imports, and the test tools.
 PACKAGES = (
     "python3", "python3-nacl", "python3-cryptography", "python3-h2", "python3-h11",
@@ -41,15 +42,11 @@ class ChrootError(RuntimeError):
 
 
 def ensure_binfmt(arch: str) -> None:
-    """Mounts binfmt_misc and registers qemu-user for `arch` if nothing did (no systemd-binfmt here)."""
-    qarch = QEMU_ARCH[arch]
-    if not os.path.exists("/proc/sys/fs/binfmt_misc/register"):
-        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"], check=True)
-    if not os.path.exists("/proc/sys/fs/binfmt_misc/qemu-" + qarch):
-        conf = Path("/usr/lib/binfmt.d/qemu-%s.conf" % qarch)
-        if not conf.exists():
-            raise ChrootError("%s is missing: apt-get install qemu-user-static" % conf)
-        Path("/proc/sys/fs/binfmt_misc/register").write_bytes(conf.read_bytes())
+    """qemu-user for `arch` registered (the image builder's helper; its error as a ChrootError)."""
+    try:
+        binfmt.ensure_binfmt(arch)
+    except ImageError as e:
+        raise ChrootError(str(e)) from None
 
 
 def requirements_missing() -> str | None:

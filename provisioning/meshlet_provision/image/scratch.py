@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from . import tools
+from .binfmt import ensure_binfmt
 from .errors import ImageError, ToolError
 from .ext4 import Ext4Fs
 from .fat import FatFs
@@ -55,6 +56,7 @@ def _build(d: Path, arch: str, suite: str, cache_dir: Path, progress: Progress) 
         )
     for prog in ("mmdebstrap", "arch-test", "mkfs.fat", "mke2fs", "mcopy"):
         tools.need(prog)
+    ensure_binfmt(arch)
     tree = d / "tree"
     t0 = time.monotonic()
     if not (tree / "tree.done").exists():
