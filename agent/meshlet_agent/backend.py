@@ -213,7 +213,8 @@ class Backend:
         self._resolver = self.parts.resolver(self._upstreams())
         key = self.store.node_key
         assert key is not None
-        dataplane = self.parts.data_plane(key, self._resolver, self._on_home_region)
+        self._endpoints, self._endpoint_types = [], []
+        dataplane = self.parts.data_plane(key, self._resolver, self._on_home_region, self._on_endpoints)
         try:
             await dataplane.start()
         except Exception as e:  # noqa: BLE001 - DataPlaneError and friends; the message names the fix
@@ -224,11 +225,7 @@ class Backend:
             return False
         self._dataplane = dataplane
         self._dataplane_key = key.public()
-        self._endpoints, self._endpoint_types = [], []
         self._home_region = dataplane.home_region
-        hook = getattr(dataplane, "set_on_endpoints", None)  # test fakes may not discover endpoints
-        if hook is not None:
-            hook(self._on_endpoints)
         return True
 
     def _disco_public(self) -> DiscoPublic:

@@ -417,10 +417,6 @@ class DataPlane:
         """A disco ping to `peer` (see MagicSock.ping): PingError or TimeoutError when it fails."""
         return await self.magicsock.ping(peer, timeout_s)
 
-    def set_on_endpoints(self, callback: Callable[[list[str], list[int]], None] | None) -> None:
-        """Sets (replaces) the on_endpoints callback; the Backend's way in (Parts builds the DataPlane)."""
-        self.magicsock._on_endpoints = callback
-
     async def netcheck(self) -> dict[str, Any]:
         """A fresh netcheck report over the shared socket (`meshlet netcheck`), in netcheck.Report's JSON."""
         rep = await self.magicsock.netcheck_report()

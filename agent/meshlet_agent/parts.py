@@ -97,12 +97,21 @@ class Parts:
         self.control_kw: dict[str, Any] = {}  # ControlLoop's tunables (tests shorten its delays)
 
     def data_plane(
-        self, node_private: NodePrivate, resolver: ResolverLike, on_home_region: Callable[[int], None]
+        self,
+        node_private: NodePrivate,
+        resolver: ResolverLike,
+        on_home_region: Callable[[int], None],
+        on_endpoints: Callable[[list[str], list[int]], None],
     ) -> DataPlaneLike:
         from .dataplane import DataPlane
 
         return DataPlane(
-            node_private, ifname=self.ifname, port=self.port, resolver=resolver, on_home_region=on_home_region
+            node_private,
+            ifname=self.ifname,
+            port=self.port,
+            resolver=resolver,
+            on_home_region=on_home_region,
+            on_endpoints=on_endpoints,
         )
 
     def control_loop(self, store: Any, backend: "Backend", disco: DiscoPublic) -> ControlLoopLike:

@@ -121,7 +121,11 @@ class TestParts(Parts):
         (directory / "hosts").write_text("127.0.0.1 localhost\n")
 
     def data_plane(
-        self, node_private: NodePrivate, resolver: Any, on_home_region: Callable[[int], None]
+        self,
+        node_private: NodePrivate,
+        resolver: Any,
+        on_home_region: Callable[[int], None],
+        on_endpoints: Callable[[list[str], list[int]], None],
     ) -> Any:
         dp = FakeDataPlane(node_private, resolver, on_home_region, self.dataplane_fails)
         self.dataplanes.append(dp)
